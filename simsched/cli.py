@@ -1,0 +1,107 @@
+"""Command-line checks made before Hydra starts, so that a user's mistake is one line and
+exit code 2 rather than Hydra's multi-line report (exit 1) or a failure deep inside a job."""
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any
+
+from simsched.errors import SimschedError
+
+_MULTIRUN_FLAGS = {"-m", "--multirun"}
+_NOT_FOUND = re.compile(r"Could not find '([^']+)'")
+_OVERRIDE = re.compile(r"Could not override '([^']+)'")
+
+
+def _options(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.startswith("\t")]
+
+
+def one_line(exc: BaseException, overrides: list[str], compose_base) -> str:
+    """Turn a Hydra/OmegaConf composition error into one line naming the key and what is allowed."""
+    text = str(exc)
+    found = _NOT_FOUND.search(text)
+    if found and "Available options" in text:
+        group, _, option = found.group(1).rpartition("/")
+        return f"{group}={option}: unknown option; allowed: {', '.join(_options(text))}"
+    bad = _OVERRIDE.search(text)
+    if bad and "not in struct" in text:
+        key = bad.group(1)
+        parent, _, leaf = key.rpartition(".")
+        rest = [o for o in overrides if not o.lstrip("+~").startswith(key)]
+        allowed = ""
+        try:
+            node = compose_base(rest)
+            for part in filter(None, parent.split(".")):
+                node = node[part]
+            allowed = ", ".join(str(k) for k in node.keys())
+        except Exception:  # noqa: BLE001 - best effort: the message stays useful without it
+            pass
+        return f"{key}: no such key" + (f"; allowed: {allowed}" if allowed else "")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("To append")]
+    if bad:
+        detail = next((line for line in lines[1:] if not line.startswith(("full_key", "object_type", "reference_type"))), "")
+        return f"{bad.group(1)}: {detail}".rstrip(": ")
+    return " ".join(lines)
+
+
+def _expand(overrides: list[str]) -> list[list[str]]:
+    """For a multirun, the override lists that cover every value of every sweep at least once."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    fixed, sweeps = [], []
+    for ov in parsed:
+        if ov.is_hydra_override():
+            continue
+        if ov.is_sweep_override():
+            key = ov.get_key_element()
+            sweeps.append([f"{key}={v}" for v in ov.sweep_string_iterator()])
+        else:
+            fixed.append(ov.input_line)
+    if not sweeps:
+        return [fixed]
+    combos = []
+    for i, values in enumerate(sweeps):
+        others = [s[0] for j, s in enumerate(sweeps) if j != i]
+        combos += [fixed + others + [v] for v in values]
+    return combos
+
+
+def precheck(config_dir: str, argv: list[str]) -> None:
+    """Compose (and build) the configs a command line asks for; exit 2 with one line on error."""
+    flags = [a for a in argv if a.startswith("-")]
+    if any(f not in _MULTIRUN_FLAGS for f in flags):
+        return  # --help, --cfg, --config-name ...: Hydra's own business
+    overrides = [a for a in argv if not a.startswith("-")]
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    multirun = bool(flags)
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3", job_name="precheck"):
+        def compose_base(ovs: list[str]) -> Any:
+            return compose(config_name="config", overrides=ovs)
+
+        try:
+            lists = _expand(overrides) if multirun else [[o for o in overrides if not o.lstrip("+~").startswith("hydra")]]
+        except HydraException as exc:
+            _fail(" ".join(str(exc).split()))
+        for ovs in lists:
+            try:
+                cfg = compose_base(ovs)
+            except (HydraException, OmegaConfBaseException) as exc:
+                _fail(one_line(exc, ovs, compose_base))
+            try:
+                from simsched.run import build_components
+
+                build_components(cfg)
+            except SimschedError as exc:
+                _fail(str(exc))
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+

@@ -1,0 +1,17 @@
+"""The GPU pool: G identical GPUs, each with a KV cache of ``kv_capacity_tokens`` tokens."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simsched.errors import check_positive
+
+
+@dataclass(frozen=True)
+class Gpus:
+    count: int = 2
+    kv_capacity_tokens: int = 120_000
+    name: str = "H100-80GB"
+
+    def __post_init__(self) -> None:
+        check_positive("count", self.count, integer=True)
+        check_positive("kv_capacity_tokens", self.kv_capacity_tokens, integer=True)

@@ -1,0 +1,144 @@
+"""Hydra structured configs and the builder that turns a config node into a component.
+
+Each config group option's YAML names a component with ``_target_`` and lists a schema in its
+defaults; the schemas are generated from the components' own dataclasses, so a field's name and
+type are written once. Types are checked by OmegaConf while composing; values by the
+component's ``__post_init__``, whose ConfigError is re-raised here with the full dotted key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from simsched.errors import ConfigError, SimschedError
+
+GROUP_COMPONENTS = {
+    "scheduler": ["simsched.scheduler.Scheduler"],
+    "latency_model": ["simsched.latency.SeedForm", "simsched.latency.Affine"],
+    "predictor": ["simsched.predictor.Oracle", "simsched.predictor.Noisy"],
+    "gpus": ["simsched.cluster.Gpus"],
+    "workload": ["simsched.workloads.synthetic.SyntheticWorkload"],
+    "tracking": ["simsched.tracking.MlflowTracker", "simsched.tracking.NullTracker"],
+}
+
+
+def _locate(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    return getattr(__import__(module, fromlist=[name]), name)
+
+
+def _omegaconf_type(hint: Any) -> Any:
+    """Map a component's type hint to one OmegaConf 2.3 can check (else Any)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint in (int, float, str, bool):
+        return hint
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            mapped = _omegaconf_type(inner[0])
+            return Optional[mapped] if mapped is not Any else Any
+        return Any
+    if origin is list and len(args) == 1:
+        inner = _omegaconf_type(args[0])
+        return List[inner] if inner is not Any else Any
+    return Any
+
+
+def schema_for(path: str) -> type:
+    """A structured-config dataclass with ``_target_`` plus the component's fields and defaults."""
+    cls = _locate(path)
+    hints = typing.get_type_hints(cls)
+    specs: list[tuple[str, Any, Any]] = [("_target_", str, field(default=path))]
+    for f in dataclasses.fields(cls):
+        typ = _omegaconf_type(hints[f.name])
+        if f.default is not dataclasses.MISSING:
+            default = field(default=f.default)
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = field(default_factory=f.default_factory)  # type: ignore[misc]
+        else:
+            default = field(default=None) if typ is Any else field(default=dataclasses.MISSING)
+        specs.append((f.name, typ, default))
+    return dataclasses.make_dataclass(cls.__name__ + "Config", specs)
+
+
+@dataclass
+class SlaConfig:
+    latency_s: float = 20.0
+    ttft_s: Optional[float] = None
+    tbt_s: Optional[float] = None
+
+
+@dataclass
+class MetricsConfig:
+    warmup_fraction: float = 0.1
+
+
+@dataclass
+class EngineConfig:
+    horizon_s: Optional[float] = None
+    release: str = "batch_end"
+
+
+@dataclass
+class OutputConfig:
+    requests_table: bool = True
+    batches_table: bool = True
+    plots: bool = True
+    quiet: bool = False
+
+
+@dataclass
+class SimschedConfig:
+    """Top-level schema: groups are ``Any`` here (their own schemas check them)."""
+
+    scheduler: Any = None
+    workload: Any = None
+    latency_model: Any = None
+    predictor: Any = None
+    gpus: Any = None
+    tracking: Any = None
+    seed: int = 0
+    sla: SlaConfig = field(default_factory=SlaConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="simsched_schema", node=SimschedConfig)
+    for group, paths in GROUP_COMPONENTS.items():
+        for path in paths:
+            cs.store(group=f"schema/{group}", name=path.rsplit(".", 1)[1], node=schema_for(path))
+
+
+_FULL_KEY = re.compile(r"full_key:\s*(\S+)")
+
+
+def build(node: Any, key: str) -> Any:
+    """Instantiate a config node; a component's ConfigError comes back with its dotted key."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, _convert_="all")
+    except InstantiationException as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, SimschedError):
+            cause = cause.__cause__ or cause.__context__
+        match = _FULL_KEY.search(str(exc))
+        where = match.group(1) if match else key
+        if isinstance(cause, ConfigError):
+            raise cause.under(where) from None
+        if isinstance(cause, SimschedError):
+            raise cause from None
+        first = " ".join(str(exc).split())
+        raise ConfigError(where, f"cannot build component: {first}") from None

@@ -1,0 +1,108 @@
+"""The run-folder contract: metrics.json, requests.parquet, batches.parquet (and a plot)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simsched.engine import REASONS, STATUS_NAMES, SimResult
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return None if not math.isfinite(float(v)) else float(v)
+    return v
+
+
+def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
+    """Flat JSON; undefined values (NaN) are written as null."""
+    path.write_text(json.dumps({k: _jsonable(v) for k, v in metrics.items()}, indent=1) + "\n")
+
+
+def requests_table(res: SimResult) -> "Any":
+    import pyarrow as pa
+
+    req = res.requests
+    status = pa.DictionaryArray.from_arrays(pa.array(res.status.astype(np.int8)), pa.array(STATUS_NAMES))
+    reason = pa.DictionaryArray.from_arrays(pa.array(res.reason.astype(np.int8)), pa.array(REASONS))
+    return pa.table({
+        "id": np.arange(len(req), dtype=np.int64),
+        "arrival": req.arrival,
+        "start": res.start,
+        "first_token": res.first_token,
+        "completion": res.finish,
+        "prompt_tokens": req.prompt,
+        "output_tokens": req.output,
+        "predicted_output": res.predicted,
+        "bin": res.bin,
+        "gpu": res.gpu,
+        "batch_id": res.batch,
+        "tbt": res.tbt,
+        "status": status,
+        "reason": reason,
+    })
+
+
+def write_tables(out_dir: Path, res: SimResult, requests: bool = True, batches: bool = True) -> list[Path]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    written = []
+    if requests:
+        path = out_dir / "requests.parquet"
+        pq.write_table(requests_table(res), path)
+        written.append(path)
+    if batches:
+        path = out_dir / "batches.parquet"
+        pq.write_table(pa.table(res.batches), path)
+        written.append(path)
+    return written
+
+
+def plot_latency_cdf(path: Path, res: SimResult, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = res.status == 0
+    lat = np.sort(res.finish[done] - res.requests.arrival[done])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if len(lat):
+        ax.plot(lat, np.arange(1, len(lat) + 1) / len(lat))
+    ax.set_xlabel("end-to-end latency (s)")
+    ax.set_ylabel("fraction of completed requests")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def format_table(metrics: dict[str, Any], label: str = "") -> str:
+    """A short human summary of one run."""
+    def f(key: str, fmt: str = "{:.3f}") -> str:
+        v = metrics.get(key)
+        return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
+
+    rows = [
+        ("completed / rejected / unfinished",
+         f"{metrics['completed']} / {metrics['rejected']} / {metrics['unfinished']}"),
+        ("throughput (req/s)", f("throughput_rps", "{:.2f}")),
+        ("goodput (req/s)", f("goodput_rps", "{:.2f}")),
+        ("latency mean / p99 (s)", f"{f('latency_mean_s', '{:.2f}')} / {f('latency_p99_s', '{:.2f}')}"),
+        ("SLA violation rate", f("sla_violation_rate", "{:.1%}")),
+        ("GPU utilisation", f("gpu_utilization", "{:.1%}")),
+        ("slot efficiency", f("slot_efficiency", "{:.1%}")),
+        ("offered load", f("offered_load", "{:.2f}")),
+        ("mean batch size", f("mean_batch_size", "{:.1f}")),
+    ]
+    width = max(len(r[0]) for r in rows)
+    head = f"simsched {label}".rstrip()
+    return "\n".join([head] + [f"  {k.ljust(width)}  {v}" for k, v in rows])

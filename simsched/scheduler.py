@@ -1,0 +1,56 @@
+"""A scheduler = a queue policy (one FIFO, or K bins on predicted output length) + a batcher.
+
+The presets in conf/scheduler only compose these two; ``k_bins: 1`` is the single FIFO, so
+``multi_bin_dynamic`` with one bin is ``dynamic_no_bins`` by construction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from simsched.errors import ConfigError, check_choice, check_positive
+
+BIN_SELECTIONS = ("round_robin", "longest_queue", "oldest_first")
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """``boundaries`` are the K−1 interior cut points on predicted output length; when null
+    they are the equal-mass quantiles F^-1(i/K) of the first ``warmup_requests`` predictions.
+    Bin i holds predictions in [cut_{i−1}, cut_i); the first and last bins are open-ended."""
+
+    batcher: Any
+    name: str = "scheduler"
+    k_bins: int = 1
+    bin_selection: str = "round_robin"
+    boundaries: list[float] | None = None
+    warmup_requests: int = 1000
+
+    def __post_init__(self) -> None:
+        check_positive("k_bins", self.k_bins, integer=True)
+        check_choice("bin_selection", self.bin_selection, BIN_SELECTIONS)
+        check_positive("warmup_requests", self.warmup_requests, integer=True)
+        if self.boundaries is not None:
+            cuts = list(self.boundaries)
+            if len(cuts) != self.k_bins - 1:
+                raise ConfigError("boundaries", f"needs k_bins - 1 = {self.k_bins - 1} cut points", cuts)
+            if any(b >= a for b, a in zip(cuts, cuts[1:])) or any(not np.isfinite(c) for c in cuts):
+                raise ConfigError("boundaries", "cut points must be finite and strictly increasing", cuts)
+
+    def cut_points(self, predicted: np.ndarray) -> np.ndarray:
+        """Interior bin boundaries (length K−1)."""
+        k = int(self.k_bins)
+        if self.boundaries is not None:
+            return np.asarray(self.boundaries, dtype=float)
+        if k == 1:
+            return np.empty(0)
+        sample = predicted[: int(self.warmup_requests)]
+        if len(sample) == 0:
+            return np.zeros(k - 1)
+        return np.quantile(sample.astype(float), np.arange(1, k) / k)
+
+    def assign_bins(self, predicted: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+        """Bin index per request: bin i holds cuts[i−1] <= predicted < cuts[i]."""
+        return np.searchsorted(cuts, predicted, side="right").astype(np.int32)

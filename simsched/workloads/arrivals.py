@@ -1,0 +1,105 @@
+"""Arrival processes: each returns sorted arrival times (seconds from 0) for n requests."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simsched.errors import ConfigError, check_positive
+
+
+@dataclass(frozen=True)
+class Poisson:
+    """Exponential inter-arrivals at ``rate`` requests per second."""
+
+    rate: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_positive("rate", self.rate)
+
+    @property
+    def mean_rate(self) -> float:
+        return float(self.rate)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return np.cumsum(rng.exponential(1.0 / self.rate, size=n))
+
+
+@dataclass(frozen=True)
+class Gamma:
+    """Gamma inter-arrivals (BurstGPT's short-term model): give shape+scale, or rate+cv.
+
+    mean inter-arrival = shape*scale, CV = 1/sqrt(shape). rate/cv, when set, override.
+    """
+
+    shape: float | None = 0.5
+    scale: float | None = 2.0
+    rate: float | None = None
+    cv: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.rate is None) != (self.cv is None):
+            raise ConfigError("rate", "rate and cv must be given together (or neither, with shape and scale)",
+                              self.rate)
+        if self.rate is not None:
+            check_positive("rate", self.rate)
+            check_positive("cv", self.cv)
+        else:
+            if self.shape is None or self.scale is None:
+                raise ConfigError("shape", "give shape and scale, or rate and cv")
+            check_positive("shape", self.shape)
+            check_positive("scale", self.scale)
+
+    @property
+    def params(self) -> tuple[float, float]:
+        """(shape, scale) of the inter-arrival distribution."""
+        if self.rate is not None:
+            shape = 1.0 / float(self.cv) ** 2
+            return shape, 1.0 / (float(self.rate) * shape)
+        return float(self.shape), float(self.scale)
+
+    @property
+    def mean_rate(self) -> float:
+        shape, scale = self.params
+        return 1.0 / (shape * scale)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        shape, scale = self.params
+        return np.cumsum(rng.gamma(shape, scale, size=n))
+
+
+@dataclass(frozen=True)
+class OnOff:
+    """Two-state Markov-modulated Poisson process: exponential ON and OFF periods."""
+
+    rate_on: float = 20.0
+    rate_off: float = 1.0
+    mean_on_s: float = 10.0
+    mean_off_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        check_positive("rate_on", self.rate_on)
+        check_positive("rate_off", self.rate_off, allow_zero=True)
+        check_positive("mean_on_s", self.mean_on_s)
+        check_positive("mean_off_s", self.mean_off_s)
+
+    @property
+    def mean_rate(self) -> float:
+        on, off = self.mean_on_s, self.mean_off_s
+        return (self.rate_on * on + self.rate_off * off) / (on + off)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        out: list[np.ndarray] = []
+        have, t, on = 0, 0.0, True
+        while have < n:
+            dur = rng.exponential(self.mean_on_s if on else self.mean_off_s)
+            rate = self.rate_on if on else self.rate_off
+            if rate > 0:
+                k = rng.poisson(rate * dur)
+                if k:
+                    # Given the count, Poisson arrival times in a period are uniform order statistics.
+                    out.append(t + np.sort(rng.random(k)) * dur)
+                    have += k
+            t += dur
+            on = not on
+        return np.concatenate(out)[:n]
