@@ -11,23 +11,29 @@ from simsched.errors import SimschedError
 _MULTIRUN_FLAGS = {"-m", "--multirun"}
 _NOT_FOUND = re.compile(r"Could not find '([^']+)'")
 _OVERRIDE = re.compile(r"Could not override '([^']+)'")
+_FULL_KEY = re.compile(r"full_key:\s*(\S+)")
 
 
 def _options(text: str) -> list[str]:
-    return [line.strip() for line in text.splitlines() if line.startswith("\t")]
+    """The option names Hydra lists after 'Available options in ...' (not the search path)."""
+    body = text.split("Available options", 1)[1].split("Config search path", 1)[0]
+    return [line.strip() for line in body.splitlines() if line.startswith("\t")]
 
 
 def one_line(exc: BaseException, overrides: list[str], compose_base) -> str:
     """Turn a Hydra/OmegaConf composition error into one line naming the key and what is allowed."""
     text = str(exc)
+    cause = exc.__cause__
     found = _NOT_FOUND.search(text)
     if found and "Available options" in text:
         group, _, option = found.group(1).rpartition("/")
         return f"{group}={option}: unknown option; allowed: {', '.join(_options(text))}"
-    bad = _OVERRIDE.search(text)
-    if bad and "not in struct" in text:
-        key = bad.group(1)
-        parent, _, leaf = key.rpartition(".")
+    ctext = str(cause) if cause is not None else text
+    full = _FULL_KEY.search(ctext)
+    key = full.group(1) if full else (_OVERRIDE.search(text).group(1) if _OVERRIDE.search(text) else "")
+    first = ctext.strip().splitlines()[0] if ctext.strip() else text
+    if key and ("not in" in first or "not in struct" in ctext):
+        parent = key.rpartition(".")[0]
         rest = [o for o in overrides if not o.lstrip("+~").startswith(key)]
         allowed = ""
         try:
@@ -38,11 +44,9 @@ def one_line(exc: BaseException, overrides: list[str], compose_base) -> str:
         except Exception:  # noqa: BLE001 - best effort: the message stays useful without it
             pass
         return f"{key}: no such key" + (f"; allowed: {allowed}" if allowed else "")
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("To append")]
-    if bad:
-        detail = next((line for line in lines[1:] if not line.startswith(("full_key", "object_type", "reference_type"))), "")
-        return f"{bad.group(1)}: {detail}".rstrip(": ")
-    return " ".join(lines)
+    if key:
+        return f"{key}: {first}"
+    return " ".join(text.split())
 
 
 def _expand(overrides: list[str]) -> list[list[str]]:

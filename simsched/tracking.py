@@ -36,10 +36,17 @@ class MlflowTracker:
     def log_run(self, run_dir: Path, params: dict[str, Any], metrics: dict[str, Any],
                 artifacts: list[Path], tags: dict[str, str] | None = None) -> str | None:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        # Fail fast on an unreachable server instead of MLflow's minutes of retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        uri = self.uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+        problem = unreachable(uri)
+        if problem:
+            log.warning("MLflow tracking skipped: %s; results are on disk in %s", problem, run_dir)
+            return None
         try:
             import mlflow
 
-            uri = self.uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
             mlflow.set_tracking_uri(uri)
             mlflow.set_experiment(self.experiment)
             with mlflow.start_run(run_name=self.run_name, tags=tags or {}) as run:
@@ -59,6 +66,22 @@ class MlflowTracker:
             log.warning("MLflow tracking failed (%s: %s); results are on disk in %s",
                         type(exc).__name__, " ".join(str(exc).split())[:300], run_dir)
             return None
+
+
+def unreachable(uri: str, timeout_s: float = 3.0) -> str | None:
+    """Why an http(s) tracking server cannot be reached, or None (other stores: None)."""
+    from urllib.parse import urlparse
+    import socket
+
+    parts = urlparse(uri)
+    if parts.scheme not in ("http", "https"):
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "localhost", port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return f"cannot connect to {parts.hostname}:{port} ({exc.strerror or exc})"
 
 
 def _param(value: Any) -> str:
