@@ -30,7 +30,7 @@ from simsched.workloads import lengths as len_mod
 from simsched.workloads.requests import RequestTable
 from simsched.workloads.synthetic import SyntheticWorkload
 
-FIT_SAMPLE = 200_000   # lengths are fitted on at most this many values (a seeded subsample)
+KS_SAMPLE = 50_000   # KS distances compare at most this many values (a seeded subsample)
 
 
 # ---------------------------------------------------------------- arrivals
@@ -52,12 +52,12 @@ def fit_windows(a: np.ndarray, window_s: float) -> dict[str, list[float]]:
     counts = np.bincount(w, minlength=n_win)
     lengths = np.full(n_win, float(window_s))
     lengths[-1] = max(float(a[-1] - a[0]) - (n_win - 1) * window_s, 0.0)
+    bounds = np.searchsorted(w, np.arange(n_win + 1))   # a is sorted, so each window is a slice
     rates, shapes, scales = [], [], []
-    gaps, same = np.diff(a), w[1:] == w[:-1]
     for i in range(n_win):
         length = lengths[i] if lengths[i] > 0 else window_s
         rate = counts[i] / length
-        g = gamma_moments(gaps[same & (w[1:] == i)])
+        g = gamma_moments(np.diff(a[bounds[i]:bounds[i + 1]]))
         shape = g[0] if g else 1.0
         rates.append(float(rate))
         shapes.append(float(shape))
@@ -100,23 +100,29 @@ def fit_lognormal(x: np.ndarray) -> dict[str, float]:
             "minimum": int(max(1, x.min())), "maximum": int(max(1, x.max()))}
 
 
-def fit_bimodal(x: np.ndarray, iterations: int = 300) -> dict[str, float] | None:
-    """Two-component Gaussian mixture on log lengths by EM (deterministic start at p25/p75)."""
-    y = np.log(x[x > 0])
-    if y.size < 10 or y.std() == 0:
+def fit_bimodal(x: np.ndarray, iterations: int = 500) -> dict[str, float] | None:
+    """Two-component Gaussian mixture on log lengths by EM (deterministic start at p25/p75).
+    Lengths are integers, so EM runs on the distinct values weighted by their counts."""
+    values, counts = np.unique(x[x > 0], return_counts=True)
+    y, c = np.log(values.astype(float)), counts.astype(float)
+    n = c.sum()
+    if n < 10 or len(values) < 2:
         return None
-    mu = np.percentile(y, [25, 75]).astype(float)
-    sd = np.full(2, y.std() / 2 + 1e-6)
+    mean = (c * y).sum() / n
+    std = math.sqrt((c * (y - mean) ** 2).sum() / n)
+    cdf = np.cumsum(c) / n
+    mu = y[np.searchsorted(cdf, [0.25, 0.75])].astype(float)
+    sd = np.full(2, std / 2 + 1e-6)
     w = np.array([0.5, 0.5])
     for _ in range(iterations):
         dens = w / sd * np.exp(-0.5 * ((y[:, None] - mu) / sd) ** 2)
-        resp = dens / np.maximum(dens.sum(axis=1, keepdims=True), 1e-300)
+        resp = c[:, None] * dens / np.maximum(dens.sum(axis=1, keepdims=True), 1e-300)
         nk = resp.sum(axis=0)
         if np.any(nk < 1e-9):
             return None
         new_mu = (resp * y[:, None]).sum(axis=0) / nk
         sd = np.sqrt((resp * (y[:, None] - new_mu) ** 2).sum(axis=0) / nk) + 1e-6
-        w = nk / nk.sum()
+        w = nk / n
         done = np.allclose(new_mu, mu, atol=1e-7)
         mu = new_mu
         if done:
@@ -168,9 +174,9 @@ def fit_requests(req: RequestTable, window_s: float | None = None, bin_s: float 
     rng = np.random.default_rng(0)
     lengths: dict[str, dict[str, Any]] = {}
     for name, x in (("prompt", req.prompt), ("output", req.output)):
-        sub = x if len(x) <= FIT_SAMPLE else rng.choice(x, FIT_SAMPLE, replace=False)
-        cands: dict[str, Any] = {"lognormal": fit_lognormal(sub)}
-        bim = fit_bimodal(sub)
+        sub = x if len(x) <= KS_SAMPLE else rng.choice(x, KS_SAMPLE, replace=False)
+        cands: dict[str, Any] = {"lognormal": fit_lognormal(x)}
+        bim = fit_bimodal(x)
         if bim is not None:
             cands["bimodal"] = bim
         ks = {k: ks_distance(sub, _length_dist(k, v), np.random.default_rng(1)) for k, v in cands.items()}
@@ -294,25 +300,27 @@ def plot_fit(path: Path, fit: Fit, synthetic: RequestTable, title: str) -> Path:
 
     req = fit.requests
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    def compare(ax: Any, x_t: np.ndarray, x_s: np.ndarray, bins: np.ndarray) -> None:
+        """Fraction of values per bin (np.histogram + stairs: fast for millions of values)."""
+        h_t, _ = np.histogram(x_t, bins=bins)
+        h_s, _ = np.histogram(x_s, bins=bins)
+        ax.stairs(h_t / max(len(x_t), 1), bins, fill=True, alpha=0.5, label="trace")
+        ax.stairs(h_s / max(len(x_s), 1), bins, lw=1.5, label="fit")
+        ax.legend()
+
     g_t, g_s = np.diff(req.arrival), np.diff(synthetic.arrival)
     top = float(np.percentile(g_t, 99)) or 1.0
-    bins = np.linspace(0, top, 60)
     ax = axes[0, 0]
-    ax.hist(g_t, bins=bins, density=True, alpha=0.5, label="trace")
-    ax.hist(g_s, bins=bins, density=True, histtype="step", lw=1.5, label="fit")
+    compare(ax, g_t, g_s, np.linspace(0, top, 60))
     ax.set_yscale("log")
     ax.set_xlabel("inter-arrival time (s), up to the trace's p99")
-    ax.set_ylabel("density")
-    ax.legend()
+    ax.set_ylabel("fraction of gaps")
     for ax, name in ((axes[0, 1], "prompt"), (axes[1, 0], "output")):
         x_t, x_s = np.maximum(getattr(req, name), 1), np.maximum(getattr(synthetic, name), 1)
-        bins = np.geomspace(1, max(x_t.max(), x_s.max()) + 1, 60)
-        ax.hist(x_t, bins=bins, weights=np.full(len(x_t), 1 / len(x_t)), alpha=0.5, label="trace")
-        ax.hist(x_s, bins=bins, weights=np.full(len(x_s), 1 / len(x_s)), histtype="step", lw=1.5, label="fit")
+        compare(ax, x_t, x_s, np.geomspace(1, max(x_t.max(), x_s.max()) + 1, 60))
         ax.set_xscale("log")
         ax.set_xlabel(f"{name} tokens (log-spaced bins)")
         ax.set_ylabel("fraction of requests")
-        ax.legend()
     ax = axes[1, 1]
     span = float(req.arrival[-1] - req.arrival[0])
     edges = np.arange(0, span + fit.window_s, fit.window_s)
