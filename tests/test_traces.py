@@ -304,3 +304,12 @@ def test_cli_replays_burstgpt_and_prints_summary(tmp_path):
     assert metrics["arrived"] == metrics["completed"] == 5
     assert metrics["workload_trace_failures_dropped"] == 1
     assert list((tmp_path / ".cache" / "simsched" / "traces").glob("t-burstgpt-*.parquet"))
+
+
+def test_blank_lines_are_counted_and_keep_line_numbers(tmp_path):
+    ok = bad_file(tmp_path, HEADER6 + "\n0,ChatGPT,10,3,13,API log\n\n2,ChatGPT,11,3,14,API log\n", "ok.csv")
+    req = replay(ok)
+    assert list(req.prompt) == [10, 11] and req.info["trace_blank_lines"] == 1
+    bad = bad_file(tmp_path, HEADER6 + "\n0,ChatGPT,10,3,13,API log\n\n2,ChatGPT,,3,14,API log\n")
+    with pytest.raises(InputError, match=r"bad\.csv:4 column 'Request tokens': missing value"):
+        replay(bad)
