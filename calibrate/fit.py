@@ -172,7 +172,7 @@ def fit_and_report(spec: FitSpec, out_dir: Path) -> FitOutputs:
     yaml_path = out_dir / "latency_model" / f"{name}.yaml"
     yaml_path.parent.mkdir(exist_ok=True)
     yaml_path.write_text(latency_model_yaml(fit, name, provenance_lines(spec, meta, fit, grid, sha, name)))
-    files.append(yaml_path)
+    files.append(yaml_path.parent)  # logged as the folder latency_model/
     if spec.plots:
         from calibrate.plots import plot_fitted_vs_measured, plot_residuals
 

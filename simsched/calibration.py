@@ -70,19 +70,19 @@ def _check_column(path: Path, text: Any, values: Any, col: str) -> None:
         raise InputError(str(path), f"not a number: {text.iloc[bad[0]]!r}", line(bad[0]), col)
     bad = np.flatnonzero(~np.isfinite(v))
     if len(bad):
-        raise InputError(str(path), f"must be finite (got {text.iloc[bad[0]]!r})", line(bad[0]), col)
+        raise InputError(str(path), f"must be finite (got {text.iloc[bad[0]].strip()})", line(bad[0]), col)
     if col == "std_latency_s":
         bad = np.flatnonzero(v < 0)
         if len(bad):
-            raise InputError(str(path), f"must be >= 0 (got {v[bad[0]]!r})", line(bad[0]), col)
+            raise InputError(str(path), f"must be >= 0 (got {text.iloc[bad[0]].strip()})", line(bad[0]), col)
         return
     bad = np.flatnonzero(v <= 0)
     if len(bad):
-        raise InputError(str(path), f"must be > 0 (got {v[bad[0]]!r})", line(bad[0]), col)
+        raise InputError(str(path), f"must be > 0 (got {text.iloc[bad[0]].strip()})", line(bad[0]), col)
     if col != "mean_latency_s":
         bad = np.flatnonzero(v != np.round(v))
         if len(bad):
-            raise InputError(str(path), f"must be an integer (got {v[bad[0]]!r})", line(bad[0]), col)
+            raise InputError(str(path), f"must be an integer (got {text.iloc[bad[0]].strip()})", line(bad[0]), col)
 
 
 def grid_sha256(path: str | Path) -> str:
