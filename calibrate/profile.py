@@ -38,6 +38,22 @@ def fit_spec(cfg: Any, grid: Path, meta: Path) -> Any:
     return FitSpec(grid=str(grid), meta=str(meta), forms=tuple(cfg.forms), name=cfg.name, plots=bool(cfg.plots))
 
 
+def check_plan(spec: Any, forms: tuple[str, ...]) -> None:
+    """Fail before measuring if the planned grid could not be fitted (too few batch sizes or
+    lengths for a form): the fit's own checks, run on the grid's shape."""
+    import pandas as pd
+
+    from simsched.calibration import fit_grid
+    from simsched.errors import ConfigError, InputError
+
+    plan = pd.DataFrame([{"batch_size": b, "prompt_len": p, "output_len": L, "mean_latency_s": 1.0}
+                         for b in spec.batch_sizes for p in spec.prompt_lens for L in spec.output_lens])
+    try:
+        fit_grid(plan, forms, source="planned grid")
+    except InputError as exc:
+        raise ConfigError("fit", f"{exc}; measure more points or set fit=false") from None
+
+
 def validate(cfg: Any) -> None:
     """Checked before the run folder exists: the grid spec, the device, the fit and tracker."""
     from simsched.config import build
@@ -45,7 +61,7 @@ def validate(cfg: Any) -> None:
     spec = profile_spec(cfg)
     _profiler().resolve_device(spec.device)
     if cfg.fit:
-        fit_spec(cfg, Path("grid.csv"), Path("grid.json"))
+        check_plan(spec, fit_spec(cfg, Path("grid.csv"), Path("grid.json")).forms)
     if cfg.get("tracking") is not None:
         build(cfg.tracking, "tracking")
 

@@ -36,6 +36,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_tiny_chain_profile_fit_yaml_simulation_mlflow(tmp_path):
     """python -m calibrate.profile (tiny, CPU) → grid + JSON + fit + YAML + one MLflow run; the
     YAML and `latency_model=calibrated` then drive the same simulation."""
@@ -155,6 +156,16 @@ def test_bad_profile_specs_name_their_key(kwargs, key):
     with pytest.raises(ConfigError) as err:
         ProfileSpec(**kwargs)
     assert str(err.value).startswith(f"{key}: ")
+
+
+def test_a_planned_grid_that_cannot_be_fitted_is_refused_before_measuring():
+    from calibrate.profile import check_plan
+
+    check_plan(ProfileSpec(batch_sizes=[1, 2, 4], prompt_lens=[8], output_lens=[1, 2, 4]), ("affine",))
+    with pytest.raises(ConfigError, match="fit: planned grid: held-out error needs at least 3 batch sizes"):
+        check_plan(ProfileSpec(batch_sizes=[1, 2], prompt_lens=[8], output_lens=[1, 2, 4]), ("affine",))
+    with pytest.raises(ConfigError, match="too few points for form affine_kv"):
+        check_plan(ProfileSpec(batch_sizes=[1, 2, 4], prompt_lens=[8], output_lens=[1]), ("affine_kv",))
 
 
 def test_cuda_request_without_a_gpu_is_one_line_exit_2(tmp_path):

@@ -2,6 +2,7 @@
 ``calibrated`` latency model in simulation, and one MLflow calibration run."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -170,8 +171,8 @@ def test_fitted_yaml_round_trips_to_the_same_component(tmp_path):
 def test_yaml_floats_without_a_dot_still_load_as_floats():
     fit = fit_grid(synthesise("affine_kv"), ["affine_kv"])
     coefs = dict(fit.best.coefficients, kv_s_per_token=1e-07, prefill_s_per_token=3e-06)
-    forced = type(fit.best)(**{**fit.best.__dict__, "coefficients": coefs})
-    text = latency_model_yaml(type(fit)(fits=(forced,), best=forced), "x", [])
+    forced = dataclasses.replace(fit.best, coefficients=coefs)
+    text = latency_model_yaml(dataclasses.replace(fit, fits=(forced,), best=forced), "x", [])
     node = OmegaConf.create(text)
     assert isinstance(node.kv_s_per_token, float) and node.kv_s_per_token == 1e-07
 
