@@ -108,17 +108,19 @@ class SlaController:
         self.d_sla, self.eps = float(spec.d_sla_s), float(spec.eps_d_s)
         self.alpha, self.delta = int(spec.alpha), int(spec.delta)
         self.b_low, self.b_high = float(self.b_min), float(self.b_max)
-        self.obs: deque[tuple[int, float]] = deque(maxlen=int(spec.window))
+        self.sizes: deque[int] = deque(maxlen=int(spec.window))
+        self.taus: deque[float] = deque(maxlen=int(spec.window))
         self.fresh = False
 
     def observe(self, b: int, tau: float) -> None:
-        self.obs.append((b, tau))
+        self.sizes.append(b)
+        self.taus.append(tau)
         self.fresh = True
 
     def update(self) -> None:
-        n = len(self.obs)
-        tau = sum(o[1] for o in self.obs) / n
-        b_bar = sum(o[0] for o in self.obs) / n
+        n = len(self.taus)
+        tau = sum(self.taus) / n
+        b_bar = sum(self.sizes) / n
         low, high, a = self.b_low, self.b_high, self.alpha
         if tau > self.d_sla + self.eps:
             self.b_high = max(b_bar, low + a)

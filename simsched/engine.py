@@ -187,15 +187,16 @@ class _Core:
         rr = 0
         t = 0.0
         min_batch = self.min_batch
-        searchsorted = np.searchsorted
+        searchsorted = va.searchsorted
+        bin_searchsorted = self.bin_keys.searchsorted
         while True:
             if na < nv and va[na] <= t:
-                na = int(searchsorted(va, t, side="right"))
+                na = int(searchsorted(t, side="right"))
             if free and na > dispatched:
                 if k_bins == 1:
                     arrived = [na]
                 else:
-                    arrived = (searchsorted(self.bin_keys, self.query_base + na) - self.offsets[:-1]).tolist()
+                    arrived = (bin_searchsorted(self.query_base + na) - self.offsets[:-1]).tolist()
                 waiting = [arrived[k] - heads[k] for k in range(k_bins)]
                 draining = na == nv
                 need = 1 if draining else min_batch

@@ -1,0 +1,40 @@
+"""Shared test helpers: small components built in plain Python."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from simsched.batchers import DynamicBatcher, FixedBatcher  # noqa: E402
+from simsched.cluster import Gpus  # noqa: E402
+from simsched.engine import simulate  # noqa: E402
+from simsched.latency import Affine, SeedForm  # noqa: E402
+from simsched.predictor import Oracle  # noqa: E402
+from simsched.scheduler import Scheduler  # noqa: E402
+from simsched.workloads import RequestTable  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def run_sim(req, scheduler=None, latency=None, gpus=None, predictor=None, seed=0, **kw):
+    return simulate(req, scheduler or Scheduler(DynamicBatcher()), latency or SeedForm(),
+                    gpus or Gpus(), predictor or Oracle(), np.random.default_rng(seed), **kw)
+
+
+def table(arrival, prompt, output) -> RequestTable:
+    return RequestTable(np.asarray(arrival, float), np.asarray(prompt), np.asarray(output))
+
+
+@pytest.fixture
+def fixed_batcher():
+    return FixedBatcher
+
+
+@pytest.fixture
+def affine():
+    return Affine

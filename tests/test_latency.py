@@ -1,0 +1,45 @@
+"""Each latency model's formula, and the TTFT/TBT derived from it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simsched.errors import ConfigError
+from simsched.latency import Affine, SeedForm, first_token_time, mean_tbt
+
+
+def test_seed_form_values():
+    m = SeedForm()
+    assert m.batch_time(1, 100, 0) == pytest.approx(0.05965 + 0.574)
+    assert m.batch_time(8, 100, 0) == pytest.approx(0.05965 + 0.574 * (1 + 0.316 * 7 / 8))
+    assert SeedForm(prefill_s_per_token=1e-4).batch_time(1, 100, 1000) == pytest.approx(0.05965 + 0.574 + 0.1)
+    # Per-token cost saturates at β(1+γ): the reason a TBT SLA cannot bind above it.
+    assert mean_tbt(m, 10**6, 200, 0) == pytest.approx(0.00574 * 1.316, rel=1e-5)
+
+
+def test_affine_values_and_pang_step():
+    m = Affine()  # τ(b) = 0.22·b + 30 ms
+    assert mean_tbt(m, 10, 50, 0) == pytest.approx(0.0322)
+    k = Affine(alpha_s=0.01, beta0_s=0.02, beta1_s=0.001, prefill_s_per_token=1e-5, kv_s_per_token=1e-7)
+    b, L, P = 4, 10, 400
+    expect = 0.01 + 10 * (0.02 + 0.004) + 1e-5 * 400 + 1e-7 * (400 * 10 + 4 * 100 / 2)
+    assert k.batch_time(b, L, P) == pytest.approx(expect)
+    assert first_token_time(k, b, P) == pytest.approx(k.batch_time(b, 1, P))
+
+
+def test_models_accept_arrays():
+    L = np.array([1, 10, 100])
+    assert np.allclose(SeedForm().batch_time(4, L, 0), [SeedForm().batch_time(4, x, 0) for x in L])
+    assert np.allclose(mean_tbt(Affine(), 4, L, 0), 0.03088)
+
+
+@pytest.mark.parametrize("cls,kwargs,key", [
+    (SeedForm, {"beta_s": float("nan")}, "beta_s"),
+    (SeedForm, {"alpha_s": -1.0}, "alpha_s"),
+    (SeedForm, {"beta_s": 0.0}, "beta_s"),
+    (Affine, {"beta0_s": 0.0, "beta1_s": 0.0}, "beta0_s"),
+    (Affine, {"kv_s_per_token": float("inf")}, "kv_s_per_token"),
+])
+def test_bad_parameters(cls, kwargs, key):
+    with pytest.raises(ConfigError, match=key):
+        cls(**kwargs)
