@@ -26,8 +26,9 @@ TINY_GRID = ["model=tiny", "device=cpu", "threads=1", "batch_sizes=[1,2,4]", "pr
              "output_lens=[1,2,4,8,16]", "trials=2", "warmup_tokens=2"]
 
 
-def run_cli(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """A module's CLI in a fresh interpreter, run from ``cwd`` (MLflow puts artefacts there)."""
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=ENV, capture_output=True, text=True,
                           timeout=300)
 
 
@@ -42,7 +43,7 @@ def test_tiny_chain_profile_fit_yaml_simulation_mlflow(tmp_path):
     YAML and `latency_model=calibrated` then drive the same simulation."""
     db, run_dir = tmp_path / "mlflow.db", tmp_path / "run"
     res = run_cli(["calibrate.profile", *TINY_GRID, f"tracking.uri=sqlite:///{db}",
-                   "tracking.experiment=calibration", "name=tiny_cpu", f"hydra.run.dir={run_dir}"])
+                   "tracking.experiment=calibration", "name=tiny_cpu", f"hydra.run.dir={run_dir}"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     grid_csv = next(run_dir.glob("grid_cpu_*_tiny.csv"))
     meta = json.loads(grid_csv.with_suffix(".json").read_text())
@@ -77,7 +78,8 @@ def test_tiny_chain_profile_fit_yaml_simulation_mlflow(tmp_path):
     for overrides in (["--config-dir", str(run_dir), "latency_model=tiny_cpu"],
                       ["latency_model=calibrated", f"latency_model.grid={grid_csv}"]):
         sim = tmp_path / f"sim{len(outs)}"
-        res = run_cli(["simsched", *overrides, "tracking=none", "workload.num_requests=200", f"hydra.run.dir={sim}"])
+        res = run_cli(["simsched", *overrides, "tracking=none", "workload.num_requests=200", f"hydra.run.dir={sim}"],
+                      tmp_path)
         assert res.returncode == 0, res.stderr[-3000:]
         outs.append(json.loads((sim / "metrics.json").read_text()))
     assert outs[0]["completed"] == 200
@@ -173,7 +175,8 @@ def test_cuda_request_without_a_gpu_is_one_line_exit_2(tmp_path):
         pytest.skip("this machine has a GPU")
     with pytest.raises(ConfigError, match="device: CUDA is not available"):
         resolve_device("cuda")
-    res = run_cli(["calibrate.profile", "model=tiny", "device=cuda", "tracking=none", f"hydra.run.dir={tmp_path / 'r'}"])
+    res = run_cli(["calibrate.profile", "model=tiny", "device=cuda", "tracking=none",
+                   f"hydra.run.dir={tmp_path / 'r'}"], tmp_path)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == ["error: device: CUDA is not available on this machine (got 'cuda'); allowed: auto, cpu"]
     assert not (tmp_path / "r").exists()

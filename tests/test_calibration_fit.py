@@ -54,7 +54,8 @@ def write(tmp_path: Path, df: pd.DataFrame, name: str = "grid.csv") -> Path:
     return path
 
 
-def run_cli(args: list[str], cwd: Path = ROOT, timeout: int = 120) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+    """A module's CLI in a fresh interpreter, run from ``cwd`` (MLflow puts artefacts there)."""
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
@@ -213,7 +214,7 @@ assert m["completed"] + m["rejected"] + m["unfinished"] == 200, m
 heavy = sorted(k for k in ("torch", "transformers") if k in sys.modules)
 print("heavy:", heavy)
 """
-    res = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+    res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"})
     assert res.returncode == 0, res.stderr[-2000:]
     assert "heavy: []" in res.stdout
@@ -221,11 +222,12 @@ print("heavy:", heavy)
 
 def test_fit_cli_rejects_a_bad_grid_with_one_line_and_exit_2(tmp_path):
     path = write(tmp_path, _bad(synthesise("affine"), "mean_latency_s", 3, -1.0))
-    res = run_cli(["calibrate.fit", f"grid={path}", "tracking=none", f"hydra.run.dir={tmp_path / 'run'}"])
+    res = run_cli(["calibrate.fit", f"grid={path}", "tracking=none", f"hydra.run.dir={tmp_path / 'run'}"],
+                  tmp_path)
     assert res.returncode == 2
     assert res.stderr.strip() == f"error: {path}:5 column 'mean_latency_s': must be > 0 (got -1.0)"
     assert not (tmp_path / "run").exists()
-    res = run_cli(["calibrate.fit", "tracking=none", "forms=[affine,cubic]"])
+    res = run_cli(["calibrate.fit", "tracking=none", "forms=[affine,cubic]"], tmp_path)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "grid" in res.stderr
 
 
@@ -236,7 +238,7 @@ def test_fit_cli_logs_one_mlflow_run_with_every_artefact(tmp_path):
          "grid": {"trials": 3}}))
     db = tmp_path / "mlflow.db"
     res = run_cli(["calibrate.fit", f"grid={grid}", "name=fake_option", f"tracking.uri=sqlite:///{db}",
-                   "tracking.experiment=calibration", f"hydra.run.dir={tmp_path / 'run'}"])
+                   "tracking.experiment=calibration", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "affine_kv" in res.stdout and "<- best" in res.stdout
     import mlflow
