@@ -49,6 +49,12 @@ def one_line(exc: BaseException, overrides: list[str], compose_base) -> str:
     return " ".join(text.split())
 
 
+def _composable(override: str) -> bool:
+    """Hydra's own settings are not composed here, except the search path (extra config dirs)."""
+    key = override.lstrip("+~")
+    return not key.startswith("hydra") or key.startswith("hydra.searchpath")
+
+
 def _expand(overrides: list[str]) -> list[list[str]]:
     """For a multirun, the override lists that cover every value of every sweep at least once."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -57,6 +63,8 @@ def _expand(overrides: list[str]) -> list[list[str]]:
     fixed, sweeps = [], []
     for ov in parsed:
         if ov.is_hydra_override():
+            if ov.get_key_element() == "hydra.searchpath":
+                fixed.append(ov.input_line)
             continue
         if ov.is_sweep_override():
             key = ov.get_key_element()
@@ -88,7 +96,7 @@ def precheck(config_dir: str, argv: list[str]) -> None:
             return compose(config_name="config", overrides=ovs)
 
         try:
-            lists = _expand(overrides) if multirun else [[o for o in overrides if not o.lstrip("+~").startswith("hydra")]]
+            lists = _expand(overrides) if multirun else [[o for o in overrides if _composable(o)]]
         except HydraException as exc:
             _fail(" ".join(str(exc).split()))
         for ovs in lists:

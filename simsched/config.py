@@ -21,7 +21,8 @@ GROUP_COMPONENTS = {
     "latency_model": ["simsched.latency.SeedForm", "simsched.latency.Affine"],
     "predictor": ["simsched.predictor.Oracle", "simsched.predictor.Noisy"],
     "gpus": ["simsched.cluster.Gpus"],
-    "workload": ["simsched.workloads.synthetic.SyntheticWorkload"],
+    "workload": ["simsched.workloads.synthetic.SyntheticWorkload", "simsched.workloads.traces.BurstGPTTrace",
+                 "simsched.workloads.traces.AzureTrace"],
     "tracking": ["simsched.tracking.MlflowTracker", "simsched.tracking.NullTracker"],
 }
 
@@ -61,7 +62,8 @@ def schema_for(path: str) -> type:
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = field(default_factory=f.default_factory)  # type: ignore[misc]
         else:
-            default = field(default=None) if typ is Any else field(default=dataclasses.MISSING)
+            # "???" is OmegaConf's mandatory-value marker (a dataclass MISSING cannot follow _target_).
+            default = field(default=None) if typ is Any else field(default="???")
         specs.append((f.name, typ, default))
     return dataclasses.make_dataclass(cls.__name__ + "Config", specs)
 
@@ -127,9 +129,13 @@ def build(node: Any, key: str) -> Any:
     """Instantiate a config node; a component's ConfigError comes back with its dotted key."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+    from omegaconf.errors import MissingMandatoryValue
 
     try:
         return instantiate(node, _convert_="all")
+    except MissingMandatoryValue as exc:
+        match = _FULL_KEY.search(str(exc))
+        raise ConfigError(match.group(1) if match else key, "is required (no value given)") from None
     except InstantiationException as exc:
         cause: BaseException | None = exc
         while cause is not None and not isinstance(cause, SimschedError):

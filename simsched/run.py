@@ -17,6 +17,7 @@ from simsched.config import build
 from simsched.engine import SimResult, simulate
 from simsched.metrics import Sla, Window, compute_metrics
 from simsched.outputs import format_table, plot_latency_cdf, write_metrics, write_tables
+from simsched.workloads.summary import format_summary, summarize
 
 
 @dataclass
@@ -63,6 +64,7 @@ def simulate_config(cfg: DictConfig, comps: Components | None = None) -> tuple[S
     metrics["workload_wall_s"] = t1 - t0
     metrics["sim_wall_s"] = t2 - t1
     metrics["sim_requests_per_s"] = len(requests) / (t2 - t1) if t2 > t1 else float("nan")
+    metrics.update(summarize(requests))
     return res, metrics, comps
 
 
@@ -102,6 +104,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if cfg.output.plots:
         files.append(plot_latency_cdf(out_dir / "latency_cdf.png", res, str(cfg.scheduler.get("name", ""))))
     if not cfg.output.quiet:
+        print(format_summary(metrics))
         print(format_table(metrics, f"{cfg.scheduler.get('name', '')} on {comps.gpus.count} GPU(s), "
                                     f"workload {cfg.workload.get('name', '')}"))
         print(f"  outputs in {out_dir}")

@@ -1,7 +1,8 @@
 """The columnar request table: one numpy array per attribute, one row per request."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -15,6 +16,7 @@ class RequestTable:
     arrival: np.ndarray
     prompt: np.ndarray
     output: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)  # counts a workload reports (e.g. rows dropped)
 
     def __post_init__(self) -> None:
         self.arrival = np.ascontiguousarray(self.arrival, dtype=np.float64)
