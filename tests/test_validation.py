@@ -68,6 +68,21 @@ def test_verdict_rule_can_fail_and_refuses_wide_intervals():
 SERVICES = {"M/D/1": Fixed(100), "M/G/1 uniform": Uniform(1, 199)}
 
 
+def test_engine_waits_equal_the_lindley_recursion():
+    # The single-server FIFO queue behind check 1, request by request: W_{n+1} = max(0, W_n + S_n − A_{n+1}).
+    from simsched.batchers import FixedBatcher
+    from simsched.scheduler import Scheduler
+    from simsched.validate.common import poisson_requests, rng, run_sim
+
+    req = poisson_requests(0.8, Uniform(1, 199), 5000, rng(0, 99))
+    res = run_sim(req, Scheduler(FixedBatcher(1)), c1.LATENCY)
+    s, gaps = 0.01 * req.output, np.diff(req.arrival)
+    w = np.zeros(len(s))
+    for i in range(1, len(s)):
+        w[i] = max(0.0, w[i - 1] + s[i - 1] - gaps[i - 1])
+    assert np.allclose(res.start - req.arrival, w, atol=1e-9)
+
+
 def test_check1_reduced_passes():
     rows = c1.check_queueing(SERVICES, (0.3, 0.6), n_requests=20_000, reps=4, max_half_rel=0.1)
     assert [r.verdict for r in rows] == ["PASS"] * 4, [(r.point, r.rel_diff, r.half) for r in rows]

@@ -8,20 +8,17 @@ violates if its TBT exceeds 50 ms (``sla.tbt_s``) or its end-to-end latency exce
 under run-to-completion batching a scheduler that caps b never breaks the TBT budget, however
 long its queue, so without a latency deadline "capacity under a TBT SLA" would be unbounded.
 
-The capacity search is a small local bisection on λ (the project's ``simsched.capacity`` had not
-landed on main when this check was written); it has the same ``violation_at(rate)`` shape, run
+The capacity search is the project's ``simsched.capacity.find_capacity`` (bisection on λ), run
 once per replication, so each replication gives its own capacity and the CI comes from them.
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 
 from simsched.batchers import DynamicBatcher, FixedBatcher
+from simsched.capacity import find_capacity
 from simsched.latency import Affine
 from simsched.metrics import Sla, Window, compute_metrics
 from simsched.scheduler import Scheduler
@@ -44,31 +41,6 @@ SCHEDULERS: dict[str, Scheduler] = {
 BASELINE, DYNAMIC = "static_fifo, B = 128", "dynamic_no_bins, D_SLA = 50 ms"
 
 
-def bisect_capacity(violation_at: Callable[[float], float], target: float, lo: float, hi: float,
-                    rel_tol: float = 0.01, max_expand: int = 8) -> tuple[float, float]:
-    """(capacity, first violating rate): the largest evaluated λ meeting the target and the
-    smallest seen violating it. The bracket is halved / doubled until it straddles the target."""
-    for _ in range(max_expand):
-        if violation_at(lo) <= target:
-            break
-        lo, hi = lo / 2.0, lo
-    else:
-        return math.nan, lo
-    for _ in range(max_expand):
-        if violation_at(hi) > target:
-            break
-        lo, hi = hi, hi * 2.0
-    else:
-        return hi, math.inf
-    while hi - lo > rel_tol * lo:
-        mid = 0.5 * (lo + hi)
-        if violation_at(mid) <= target:
-            lo = mid
-        else:
-            hi = mid
-    return lo, hi
-
-
 def violation(scheduler: Scheduler, rate: float, n: int, seed: int, rep: int) -> float:
     """SLA violation rate of one run; the workload depends only on the replication (common
     random numbers across λ and schedulers: the same requests, arriving proportionally faster)."""
@@ -80,9 +52,14 @@ def violation(scheduler: Scheduler, rate: float, n: int, seed: int, rep: int) ->
 
 
 def capacities(scheduler: Scheduler, n: int, reps: int, seed: int) -> list[float]:
-    """One capacity per replication (bisection on that replication's requests)."""
-    return [bisect_capacity(lambda lam: violation(scheduler, lam, n, seed, r), TARGET, 1.0, 8.0)[0]
-            for r in range(reps)]
+    """One capacity per replication (bisection on that replication's requests); NaN where even
+    the lowest rate tried violates the target."""
+    out = []
+    for r in range(reps):
+        res = find_capacity(lambda lam, _rep: violation(scheduler, lam, n, seed, r), TARGET, 1.0, 8.0,
+                            replications=1, rel_tol=0.01)
+        out.append(res.capacity)
+    return out
 
 
 def operating_point(scheduler: Scheduler, rate: float, n: int, seed: int) -> dict[str, float]:
@@ -164,7 +141,8 @@ def run(settings: Settings, out: Path) -> CheckResult:
         "binds (the check isolates the SLA controller; Algorithm 1 is on but slack). SLA: TBT ≤ 50 ms "
         f"(`sla.tbt_s`) and end-to-end latency ≤ {SLA.latency_s:g} s (needed: with run-to-completion batching a "
         "scheduler that caps b never breaks the TBT budget, however long its queue). Capacity = the largest "
-        f"λ with `sla_violation_rate` ≤ {TARGET:.0%}, found by bisection on λ (1% bracket) separately for each of "
+        f"λ with `sla_violation_rate` ≤ {TARGET:.0%}, found by `simsched.capacity.find_capacity` (bisection on λ, "
+        "1% bracket) separately for each of "
         f"{reps} replications (twice the suite's number: one capacity per replication is noisy; {n:,} "
         "requests each; replication r uses the same requests at every λ and for every scheduler), so the CI "
         "comes from the replications and the gain is paired.\n\n"
