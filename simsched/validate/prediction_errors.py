@@ -92,7 +92,7 @@ def _plot(rows: list[Row], ks: tuple[int, ...], p_es: tuple[float, ...], out: Pa
                     capsize=3)
     ax.set_xlabel("p_e (probability of each neighbouring bin)")
     ax.set_ylabel("throughput (req/time unit)")
-    ax.set_title(f"Multi-Bin with bin errors, B = {B}, l ~ U(1, 20): simulated (points) vs exact")
+    ax.set_title(f"Bin errors, B = {B}, l ~ U(1, 20): simulated (points, 95% CI) vs exact", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return save(fig, out / "c3_prediction_errors.png")
