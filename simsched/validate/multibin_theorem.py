@@ -113,7 +113,8 @@ def check_lemma51(B: int, l_min: float, l_max: float, ks: tuple[int, ...], lam: 
             sel = full & (req.arrival >= lo) & (req.arrival <= hi)
             vals.append(float(np.mean(res.finish[sel] - req.arrival[sel])))
             last_arrival = np.zeros(len(res.batches["size"]))
-            np.maximum.at(last_arrival, res.batch, req.arrival)
+            served = res.batch >= 0
+            np.maximum.at(last_arrival, res.batch[served], req.arrival[served])
             fb = res.batches["size"] == B
             no_wait &= bool(np.all(res.batches["start"][fb] - last_arrival[fb] <= 1e-9))
         rows.append(Row(f"B = {B}, l ~ U({l_min:g}, {l_max:g}), k = {k}, λ = {lam:g}, {gpus} GPUs",
