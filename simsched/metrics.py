@@ -57,11 +57,12 @@ def _stats(prefix: str, x: np.ndarray) -> dict[str, float]:
             f"{prefix}_p90_s": float(p90), f"{prefix}_p99_s": float(p99), f"{prefix}_max_s": float(x.max())}
 
 
-def reference_capacity(res: SimResult, latency: Any) -> float:
+def reference_capacity(res: SimResult, latency: Any, max_batch: int | None = None) -> float:
     """A scheduler-independent capacity (requests/s): the cluster serving full batches formed in
     arrival order, as large as the KV cache allows with 99% confidence (Algorithm 1 with the
     workload's true token mean and spread). Offered load ρ = λ / this, the same for every
-    scheduler on the same workload and hardware; ρ near or above 1 is overload."""
+    scheduler on the same workload and hardware; ρ near or above 1 is overload. With
+    ``max_batch`` the batches are also capped at that size (a scheduler's own ceiling)."""
     req = res.requests
     n = len(req)
     if n == 0:
@@ -69,6 +70,8 @@ def reference_capacity(res: SimResult, latency: Any) -> float:
     tok = (req.prompt + req.output).astype(float)
     theta = 2.326347874040841  # Φ^-1(0.99)
     B = max(1, min(n, memory_batch_limit(float(tok.mean()), float(tok.std()), res.kv_capacity_tokens, theta)))
+    if max_batch is not None:
+        B = min(B, int(max_batch))
     m = (n // B) * B
     out = req.output[:m].reshape(-1, B).max(axis=1)
     psum = req.prompt[:m].reshape(-1, B).sum(axis=1).astype(float)
@@ -76,8 +79,11 @@ def reference_capacity(res: SimResult, latency: Any) -> float:
     return res.num_gpus * B / mean_t
 
 
-def compute_metrics(res: SimResult, sla: Sla, window: Window, latency: Any) -> dict[str, Any]:
-    """The flat metrics dict written to metrics.json (NaN where undefined)."""
+def compute_metrics(res: SimResult, sla: Sla, window: Window, latency: Any,
+                    max_batch: int | None = None) -> dict[str, Any]:
+    """The flat metrics dict written to metrics.json (NaN where undefined). ``max_batch`` (the
+    scheduler's largest batch) adds ``offered_load_scheduler``: λ over the capacity of full
+    batches no larger than that, so a small fixed batch shows its own overload."""
     req = res.requests
     counts = res.counts()
     arrived_mask = res.status != 3
@@ -132,6 +138,9 @@ def compute_metrics(res: SimResult, sla: Sla, window: Window, latency: Any) -> d
     m["slot_efficiency"] = float(b["output_tokens"].sum()) / padded if padded > 0 else math.nan
     m["offered_load"] = lam / cap if cap and not math.isnan(lam) else math.nan
     m["reference_capacity_rps"] = cap
+    if max_batch is not None:
+        cap_s = reference_capacity(res, latency, max_batch)
+        m["offered_load_scheduler"] = lam / cap_s if cap_s and not math.isnan(lam) else math.nan
     m["num_batches"] = int(len(b["size"]))
     m["mean_batch_size"] = float(b["size"].mean()) if len(b["size"]) else math.nan
     m["kv_overflow_batches"] = int(np.sum(b["kv_tokens"] > res.kv_capacity_tokens))

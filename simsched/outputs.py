@@ -126,7 +126,7 @@ def format_table(metrics: dict[str, Any], label: str = "") -> str:
         ("SLA violation rate", f("sla_violation_rate", "{:.1%}")),
         ("GPU utilisation", f("gpu_utilization", "{:.1%}")),
         ("slot efficiency", f("slot_efficiency", "{:.1%}")),
-        ("offered load", f("offered_load", "{:.2f}")),
+        ("offered load (cluster / scheduler)", f"{f('offered_load', '{:.2f}')} / {f('offered_load_scheduler', '{:.2f}')}"),
         ("mean batch size", f("mean_batch_size", "{:.1f}")),
     ]
     width = max(len(r[0]) for r in rows)

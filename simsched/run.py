@@ -60,7 +60,8 @@ def simulate_config(cfg: DictConfig, comps: Components | None = None) -> tuple[S
     res = simulate(requests, comps.scheduler, comps.latency_model, comps.gpus, comps.predictor,
                    np.random.default_rng(sim_ss), horizon_s=cfg.engine.horizon_s, release=cfg.engine.release)
     t2 = time.perf_counter()
-    metrics = compute_metrics(res, comps.sla, comps.window, comps.latency_model)
+    metrics = compute_metrics(res, comps.sla, comps.window, comps.latency_model,
+                              comps.scheduler.batcher.max_batch)
     metrics["workload_wall_s"] = t1 - t0
     metrics["sim_wall_s"] = t2 - t1
     metrics["sim_requests_per_s"] = len(requests) / (t2 - t1) if t2 > t1 else float("nan")
