@@ -1,5 +1,7 @@
 """``python -m simsched [overrides]``: one run (or a ``--multirun`` sweep) configured by Hydra.
 
+Named sweeps live in ``sweeps/`` (group ``sweep``): ``python -m simsched +sweep=compare``.
+
 User errors (unknown option or key, a bad value) print one line and exit with code 2.
 """
 from __future__ import annotations
@@ -10,31 +12,19 @@ from pathlib import Path
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-def _task(cfg) -> float | None:
-    from hydra.core.hydra_config import HydraConfig
-
-    from simsched.errors import SimschedError
-    from simsched.run import run
-
-    try:
-        metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except SimschedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(exc.exit_code) from None
-    return metrics.get("goodput_rps")
-
-
 def main(argv: list[str] | None = None) -> None:
     import hydra
 
     from simsched.cli import precheck
     from simsched.config import register_configs
+    from simsched.sweep import register_sweeps, task
 
     argv = sys.argv[1:] if argv is None else argv
     register_configs()
+    register_sweeps()
     precheck(CONFIG_DIR, argv)
     sys.argv = [sys.argv[0]] + argv
-    hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")(_task)()
+    hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")(task)()
 
 
 if __name__ == "__main__":
