@@ -220,8 +220,12 @@ def arrival_rate(cfg: Any) -> float:
 def simulated_violation(cfg: Any, metric: str = "sla_violation_rate") -> ViolationAt:
     """``violation_at(rate, r)`` for a simsched config: simulate it at ``rate`` with seed
     ``cfg.seed + r`` (nothing written to disk) and return ``metric`` from its metrics."""
+    from omegaconf import OmegaConf
+
     base_seed = int(cfg.get("seed", 0))
-    return _SimulatedViolation(cfg, metric, base_seed)
+    # A plain copy: composed configs carry schema classes that cannot be pickled to a process pool.
+    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    return _SimulatedViolation(plain, metric, base_seed)
 
 
 @dataclass(frozen=True)
@@ -352,8 +356,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[CapacityResult]]:
     parser = argparse.ArgumentParser(prog="python -m simsched.capacity", usage=USAGE)
     parser.add_argument("overrides", nargs="*", help="config overrides, as for python -m simsched")
     parser.add_argument("--schedulers", help="comma-separated scheduler options (default: the config's)")
-    parser.add_argument("--targets", type=float, nargs="+", default=[0.01, 0.05],
-                        help="violation-rate targets (default: 0.01 0.05)")
+    parser.add_argument("--targets", default="0.01,0.05",
+                        help="comma-separated violation-rate targets (default: 0.01,0.05)")
     parser.add_argument("--lo", type=float, help="first guess of a rate meeting the targets (default: λ/2)")
     parser.add_argument("--hi", type=float, help="first guess of a rate violating them (default: 2λ)")
     parser.add_argument("--replications", type=int, default=3, help="seeds per rate (default: 3)")
@@ -363,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[CapacityResult]]:
                              "sla_violation_rate_with_rejected counts rejected requests)")
     parser.add_argument("--jobs", type=int, default=1, help="processes for the replications (default: 1)")
     parser.add_argument("--out", help="output folder (default: capacity/<date>_<time>)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     from simsched.config import build
     from simsched.report import gain_line
@@ -371,6 +375,10 @@ def main(argv: list[str] | None = None) -> dict[str, list[CapacityResult]]:
     from simsched.tracking import git_commit
 
     check_positive("--jobs", args.jobs, integer=True)
+    try:
+        args.targets = [float(t) for t in str(args.targets).split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError("--targets", "must be comma-separated numbers", args.targets) from None
     base = compose_config(list(args.overrides))
     names = [s.strip() for s in args.schedulers.split(",") if s.strip()] if args.schedulers \
         else [str(base.scheduler.get("name", "scheduler"))]
@@ -407,6 +415,12 @@ def main(argv: list[str] | None = None) -> dict[str, list[CapacityResult]]:
             rows.append({"scheduler": name, **r.row(), "ratio_vs_baseline": ratio, "baseline": baseline})
             lines.append(f"{name}: capacity @ {r.target:.0%} = {r.capacity:.4g} req/s "
                          f"(bracket {r.bracket[0]:.4g} – {r.bracket[1]:.4g}, {r.status})")
+            if r.status == "above_range":
+                lines.append("  (the highest λ tried still meets the target: a finite workload may drain "
+                             "before overload shows; raise workload.num_requests or --hi)")
+            elif r.status == "below_range":
+                lines.append("  (even the lowest λ tried violates the target: lower --lo, or the SLA "
+                             "cannot be met on this hardware)")
         for p in res[0].curve:
             curve_rows.append({"scheduler": name, "rate_rps": p.rate, "violation_mean": p.mean,
                                "violation_ci95": p.ci95, "values": json.dumps(list(p.values))})

@@ -286,7 +286,8 @@ def capacity_gains(caps: pd.DataFrame, baseline: str | None = None) -> list[str]
         if match.empty:
             continue
         base = match.iloc[0]
-        lines.append(gain_line(f"{row['scheduler']}" + (f" K={row['k_bins']}" if "k_bins" in caps else ""),
+        several_k = "k_bins" in caps and caps.loc[caps["scheduler"] == row["scheduler"], "k_bins"].nunique() > 1
+        lines.append(gain_line(f"{row['scheduler']}" + (f" K={row['k_bins']}" if several_k else ""),
                                f"{baseline}", float(row["target"]), float(base["capacity_rps"]),
                                float(row["capacity_rps"]), str(base["bound"]), str(row["bound"]),
                                ", ".join(f"{c}={row[c]}" for c in others)))
@@ -300,16 +301,25 @@ def gain_line(name: str, baseline: str, target: float, base: float, new: float,
         return "n/a" if v != v else (">=" if bound == ">=" else "") + f"{v:.3g}"
 
     ratio = new / base if base > 0 and base == base and new == new else math.nan
-    gain = "n/a" if ratio != ratio else f"{ratio - 1:+.0%}, ×{ratio:.2f}"
+    # A capacity at the top of the grid is only a lower bound, and so is a ratio above it.
+    bound = {("=", ">="): "≥ ", (">=", "="): "≤ "}.get((base_bound, new_bound), "")
+    if ratio != ratio or (base_bound == ">=" and new_bound == ">="):
+        gain = "n/a"
+    else:
+        gain = f"{bound}{ratio - 1:+.0%}, ×{ratio:.2f}"
     return (f"{name} vs {baseline} @ {target:.0%} violation{' (' + where + ')' if where else ''}: "
             f"{f(base, base_bound)} → {f(new, new_bound)} req/s ({gain})")
 
 
 # --- plots -------------------------------------------------------------------------------------
 
+_SHORT = {"k_bins": "K", "lambda": "λ", "gpus": "GPUs"}
+
+
 def _series_label(row: pd.Series, cols: list[str]) -> str:
-    return ", ".join(f"{c.removeprefix('override.')}={row[c]}" if c != "scheduler" else str(row[c]) for c in cols) \
-        or "all"
+    return ", ".join(str(row[c]) if c == "scheduler" else f"{_SHORT.get(c, c.removeprefix('override.'))}={row[c]:g}"
+                     if isinstance(row[c], float) else
+                     f"{_SHORT.get(c, c.removeprefix('override.'))}={row[c]}" for c in cols) or "all"
 
 
 def _line_panel(ax: Any, agg: pd.DataFrame, x: str, y: str, series: list[str], logx: bool = False,

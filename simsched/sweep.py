@@ -15,6 +15,7 @@ run tagged ``simsched.repeat = N`` (N earlier runs of the same sweep) and
 """
 from __future__ import annotations
 
+import atexit
 import copy
 import hashlib
 import json
@@ -245,8 +246,20 @@ class SweepCallback(Callback):
             monitor = SweepProgress(sweep_dir, total, self.poll_s, label=f"sweep {name}")
             monitor.start()
         self._state = {"ctx": ctx, "parent": parent, "monitor": monitor, "t0": time.time()}
+        # A sweep that stops early (Ctrl-C, a launcher error) still gets its summary, and its
+        # parent run is closed as KILLED rather than left RUNNING.
+        atexit.register(self._interrupted)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        atexit.unregister(self._interrupted)
+        self._finish()
+
+    def _interrupted(self) -> None:
+        if self._state:
+            print("sweep stopped before its end: summarising the jobs that finished", file=sys.stderr)
+            self._finish(status="KILLED")
+
+    def _finish(self, status: str | None = None) -> None:
         state, self._state = self._state, {}
         if not state:
             return
@@ -256,14 +269,18 @@ class SweepCallback(Callback):
         sweep_dir = Path(ctx.sweep_dir)
         files: list[Path] = []
         table = None
-        if self.report:
+        try:
             from simsched import report
 
             table = report.collect(sweep_dir)
-            files = report.write_report(table, sweep_dir, sweep_dir, print_table=True)
+            if self.report:
+                files = report.write_report(table, sweep_dir, sweep_dir, print_table=True)
+        except Exception as exc:  # noqa: BLE001 - the job folders are intact; close the parent run
+            print(f"warning: sweep summary not written ({type(exc).__name__}: {exc}); "
+                  f"`python -m simsched.report {sweep_dir}` rebuilds it", file=sys.stderr)
         parent: _ParentRun | None = state["parent"]
         if parent is not None:
-            parent.finish(table, files + [sweep_dir / "multirun.yaml", sweep_dir / MARKER])
+            parent.finish(table, files + [sweep_dir / "multirun.yaml", sweep_dir / MARKER], status)
         failed = 0 if table is None or table.empty else int((table["status"] != "ok").sum())
         done = 0 if table is None else len(table)
         print(f"sweep {ctx.sweep_name}: {done} job(s), {failed} failed, "
@@ -329,7 +346,7 @@ class _ParentRun:
                         type(exc).__name__, " ".join(str(exc).split())[:300])
             return None
 
-    def finish(self, table: Any, files: list[Path]) -> None:
+    def finish(self, table: Any, files: list[Path], status: str | None = None) -> None:
         from simsched.tracking import retry_locked
 
         try:
@@ -348,7 +365,7 @@ class _ParentRun:
                     client.log_artifact(self.run_id, str(path))
                 elif path.is_dir():
                     client.log_artifacts(self.run_id, str(path), artifact_path=path.name)
-            status = "FAILED" if n and failed == n else "FINISHED"
+            status = status or ("FAILED" if n and failed == n else "FINISHED")
             retry_locked(lambda: client.set_terminated(self.run_id, status))
         except Exception as exc:  # noqa: BLE001 - the summary is on disk
             log.warning("MLflow parent run not completed (%s: %s)", type(exc).__name__,
