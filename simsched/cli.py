@@ -158,28 +158,32 @@ def precheck(config_dir: str, argv: list[str]) -> None:
             head = compose(config_name="config", overrides=first, return_hydra_config=True)
         except (HydraException, OmegaConfBaseException) as exc:
             _fail(one_line(exc, first, compose_base))
+        from simsched.run import build_components
+
         multirun = bool(flags) or head.hydra.mode == RunMode.MULTIRUN
-        if multirun:
-            params = head.hydra.sweeper.get("params") or {}
-            overrides = [f"{k}={v}" for k, v in params.items()] + overrides
-        values: list[tuple[str, list[Any]]] = []
+        if not multirun:
+            swept = [ov.input_line for ov in _parse(overrides) if ov.is_sweep_override()]
+            if swept:
+                _fail(f"{swept[0]}: several values make a sweep: add -m (--multirun)")
+            try:
+                build_components(head)
+            except SimschedError as exc:
+                _fail(str(exc))
+            return
+        params = head.hydra.sweeper.get("params") or {}
+        overrides = [f"{k}={v}" for k, v in params.items()] + overrides
         try:
-            if multirun:
-                lists, values = _expand(overrides, set(head.hydra.runtime.choices.keys()))
-            else:
-                lists = [[o for o in overrides if not o.lstrip("+~").startswith("hydra")]]
+            lists, values = _expand(overrides, set(head.hydra.runtime.choices.keys()))
         except HydraException as exc:
             _fail(" ".join(str(exc).split()))
-        for i, ovs in enumerate(lists):
+        first_cfg = None
+        for ovs in lists:
             try:
                 cfg = compose_base(ovs)
             except (HydraException, OmegaConfBaseException) as exc:
                 _fail(one_line(exc, ovs, compose_base))
-            if i == 0:
-                first_cfg = cfg
+            first_cfg = cfg if first_cfg is None else first_cfg
             try:
-                from simsched.run import build_components
-
                 build_components(cfg)
             except SimschedError as exc:
                 _fail(str(exc))

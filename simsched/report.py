@@ -55,7 +55,10 @@ def job_row(job_dir: Path) -> dict[str, Any]:
                            "dir": str(job_dir), "status": "incomplete", "error": ""}
     if (hydra_dir / "config.yaml").is_file():
         cfg = OmegaConf.load(hydra_dir / "config.yaml")
-        row.update(factors_of(cfg, arrival_rate(cfg)))
+        try:
+            row.update(factors_of(cfg, arrival_rate(cfg)))
+        except Exception:  # noqa: BLE001 - e.g. an interpolation only Hydra can resolve
+            pass
     shown = [o for o in overrides if not _override_key(o)[0].startswith("hydra")]
     row["overrides"] = " ".join(shown)
     for o in shown:
