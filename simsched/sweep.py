@@ -112,10 +112,11 @@ def run_job(cfg: DictConfig, out_dir: Path, ctx: SweepContext | None, overrides:
     """Run one sweep job; any exception becomes ``error.json`` plus a FAILED child run."""
     from simsched.run import run
 
-    cfg = _tracking_for(cfg, ctx)
-    tags = job_tags(cfg, ctx, overrides, num)
     parent = ctx.parent_run_id if ctx else None
+    tags = {"simsched.job": str(num)}
     try:
+        cfg = _tracking_for(cfg, ctx)
+        tags = job_tags(cfg, ctx, overrides, num)
         return run(cfg, out_dir, tags=tags, parent_run_id=parent).get("goodput_rps")
     except Exception as exc:  # noqa: BLE001 - one failed job must not stop the sweep
         message = " ".join(f"{type(exc).__name__}: {exc}".split())
@@ -170,9 +171,13 @@ def _log_failed(cfg: DictConfig, out_dir: Path, files: list[Path], tags: dict[st
     if cfg.get("tracking") is None:
         return
     from simsched.config import build
-    from simsched.run import flat_params
+    from simsched.run import flat_params, run_tags
 
     try:
+        try:
+            tags = run_tags(cfg) | tags   # scheduler, K, λ, GPUs, seed: to find it in the UI
+        except Exception:  # noqa: BLE001 - a config too broken for them still gets logged
+            pass
         tracker = build(cfg.tracking, "tracking")
         hydra_dir = out_dir / ".hydra"
         tracker.log_run(out_dir, flat_params(cfg), {}, files + ([hydra_dir] if hydra_dir.is_dir() else []),

@@ -56,12 +56,11 @@ class MlflowTracker:
             tags["mlflow.parentRunId"] = parent_run_id
         try:
             from mlflow.tracking import MlflowClient
+            from mlflow.tracking.context.registry import resolve_tags
 
             # The client API (not the fluent one) keeps no process-wide active run, so jobs that
             # share a process (Hydra's basic launcher) cannot nest by accident; each call is
             # retried while another process holds the sqlite write lock.
-            from mlflow.tracking.context.registry import resolve_tags
-
             client = MlflowClient(uri)
             tags = resolve_tags(tags)   # user, source, git: what mlflow.start_run would add
             exp = retry_locked(lambda: client.get_experiment_by_name(self.experiment))
@@ -94,7 +93,6 @@ class MlflowTracker:
                         type(exc).__name__, " ".join(str(exc).split())[:300], run_dir)
             return None
 
-
     def resolved_uri(self) -> str:
         """The tracking URI in use (``MLFLOW_TRACKING_URI`` when ``uri`` is empty)."""
         return self.uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
@@ -104,6 +102,7 @@ def retry_locked(call: Callable[[], T], attempts: int = 12) -> T:
     """Run ``call``, retrying with jittered backoff while sqlite reports "database is locked"
     (several processes writing one embedded store). Each retried call is one transaction, so
     a retry cannot duplicate a run."""
+    jitter = random.SystemRandom()   # timing only; no global RNG state is touched
     delay = 0.05
     for i in range(attempts):
         try:
@@ -111,7 +110,7 @@ def retry_locked(call: Callable[[], T], attempts: int = 12) -> T:
         except Exception as exc:  # noqa: BLE001 - only the lock error is retried
             if "locked" not in str(exc) or i == attempts - 1:
                 raise
-            time.sleep(delay * (0.5 + random.random()))
+            time.sleep(delay * (0.5 + jitter.random()))
             delay = min(delay * 2, 2.0)
     raise AssertionError("unreachable")
 

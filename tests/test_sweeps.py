@@ -231,6 +231,7 @@ def test_a_failed_job_is_recorded_and_the_sweep_completes(tmp_path):
     parent, children = parent_and_children(store(tmp_path / "store.db", "fail"), tmp_path / "sweep")
     status = {r.data.tags["simsched.job"]: r for r in children}
     assert status["0"].info.status == "FAILED" and "kv_capacity_tokens" in status["0"].data.tags["error"]
+    assert status["0"].data.tags["scheduler"] == "multi_bin_dynamic" and status["0"].data.tags["seed"] == "0"
     assert status["1"].info.status == "FINISHED"
     assert parent.info.status == "FINISHED" and parent.data.metrics["jobs_failed"] == 1
     table = assert_table_matches_children(tmp_path / "sweep", children)
