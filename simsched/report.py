@@ -341,7 +341,10 @@ def _line_panel(ax: Any, agg: pd.DataFrame, x: str, y: str, series: list[str], l
         ax.errorbar(g[x].to_numpy(float), g[y].to_numpy(float), yerr=err, marker="o", capsize=3,
                     label=_series_label(g.iloc[0], series))
     if logx:
+        ticks = sorted(set(agg[x].astype(float)))
         ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
     ax.set_xlabel({"k_bins": "K (bins)", "lambda": "λ (req/s)", "gpus": "GPUs"}.get(x, x))
     ax.set_ylabel(y)
     ax.grid(alpha=0.3)
