@@ -49,67 +49,150 @@ def one_line(exc: BaseException, overrides: list[str], compose_base) -> str:
     return " ".join(text.split())
 
 
-def _composable(override: str) -> bool:
-    """Hydra's own settings are not composed here, except the search path (extra config dirs)."""
-    key = override.lstrip("+~")
-    return not key.startswith("hydra") or key.startswith("hydra.searchpath")
-
-
-def _expand(overrides: list[str]) -> list[list[str]]:
-    """For a multirun, the override lists that cover every value of every sweep at least once."""
+def _parse(overrides: list[str]) -> list[Any]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    fixed, sweeps = [], []
-    for ov in parsed:
-        if ov.is_hydra_override():
-            if ov.get_key_element() == "hydra.searchpath":
-                fixed.append(ov.input_line)
-            continue
+    return OverridesParser.create().parse_overrides(overrides)
+
+
+def _first(overrides: list[str]) -> list[str]:
+    """The overrides with each sweep replaced by its first value (Hydra's own included)."""
+    out = []
+    for ov in _parse(overrides):
         if ov.is_sweep_override():
-            key = ov.get_key_element()
-            sweeps.append([f"{key}={v}" for v in ov.sweep_string_iterator()])
+            out.append(f"{ov.get_key_element()}={next(iter(ov.sweep_string_iterator()))}")
         else:
+            out.append(ov.input_line)
+    return out
+
+
+def _expand(overrides: list[str], groups: set[str] | frozenset[str] = frozenset()
+            ) -> tuple[list[list[str]], list[tuple[str, list[Any]]]]:
+    """For a multirun, what covers every value of every sweep at least once: override lists to
+    compose (one per value of a sweep over a config group, e.g. ``scheduler=a,b``), and the
+    ``(key, typed values)`` of sweeps over plain values, checked on the first composition
+    without composing again (a compose costs ~0.3 s; ``seed=range(0,200)`` would take a
+    minute). A later override of a key replaces an earlier one, as in Hydra's basic sweeper."""
+    by_key: dict[str, Any] = {}
+    searchpath = []
+    for ov in _parse(overrides):
+        if ov.is_hydra_override():
+            if ov.get_key_element() == "hydra.searchpath":   # extra config dirs must compose too
+                searchpath.append(ov.input_line)
+            continue
+        key = ov.get_key_element()
+        by_key.pop(key, None)
+        by_key[key] = ov
+    fixed, structural, values = list(searchpath), [], []
+    for key, ov in by_key.items():
+        if not ov.is_sweep_override():
             fixed.append(ov.input_line)
-    if not sweeps:
-        return [fixed]
-    combos = []
-    for i, values in enumerate(sweeps):
-        others = [s[0] for j, s in enumerate(sweeps) if j != i]
-        combos += [fixed + others + [v] for v in values]
-    return combos
+            continue
+        strings = [f"{key}={v}" for v in ov.sweep_string_iterator()]
+        bare = key.lstrip("+~")
+        if bare != key or bare in groups or "/" in bare:
+            structural.append(strings)
+        else:
+            fixed.append(strings[0])
+            values.append((bare, list(ov.sweep_iterator())[1:]))
+    combos = [fixed + [s[0] for s in structural]]
+    for i, options in enumerate(structural):
+        others = [s[0] for j, s in enumerate(structural) if j != i]
+        combos += [fixed + others + [v] for v in options[1:]]
+    return combos, values
+
+
+def _check_value(cfg: Any, key: str, value: Any, overrides: list[str], compose_base) -> None:
+    """Apply ``key=value`` to a composed config as Hydra would (struct: no new keys; typed by
+    the schema) and build it; exit 2 with one line on error."""
+    import copy
+
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    cfg = copy.deepcopy(cfg)
+    try:
+        OmegaConf.update(cfg, key, value, merge=True)
+    except OmegaConfBaseException as exc:
+        _fail(one_line(exc, overrides + [f"{key}={value}"], compose_base))
+    top = key.split(".")[0]
+    try:
+        from simsched.config import build
+        from simsched.run import build_components
+
+        if top in _GROUPS:
+            build(cfg[top], top)   # only what the key can change (a full build is ~50 ms)
+        elif top in ("sla", "metrics"):
+            build_components(cfg)
+    except SimschedError as exc:
+        _fail(str(exc))
+
+
+_GROUPS = ("scheduler", "workload", "latency_model", "predictor", "gpus", "tracking")
 
 
 def precheck(config_dir: str, argv: list[str]) -> None:
-    """Compose (and build) the configs a command line asks for; exit 2 with one line on error."""
+    """Compose (and build) the configs a command line asks for; exit 2 with one line on error.
+
+    A multirun is recognised by ``-m``/``--multirun`` or by ``hydra.mode: MULTIRUN`` in the
+    composed config (the named sweeps in ``sweeps/``); its sweep is ``hydra.sweeper.params``
+    from the config followed by the command line's sweeps, every value of which is checked."""
     flags = [a for a in argv if a.startswith("-")]
     if any(f not in _MULTIRUN_FLAGS for f in flags):
         return  # --help, --cfg, --config-name ...: Hydra's own business
     overrides = [a for a in argv if not a.startswith("-")]
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
+    from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
-    multirun = bool(flags)
     with initialize_config_dir(config_dir=config_dir, version_base="1.3", job_name="precheck"):
         def compose_base(ovs: list[str]) -> Any:
             return compose(config_name="config", overrides=ovs)
 
+        for o in overrides:
+            if o.startswith("sweep="):
+                _fail(f"{o}: a named sweep is selected with +{o} (the options are the files in sweeps/)")
         try:
-            lists = _expand(overrides) if multirun else [[o for o in overrides if _composable(o)]]
+            first = _first(overrides)
         except HydraException as exc:
             _fail(" ".join(str(exc).split()))
+        try:
+            head = compose(config_name="config", overrides=first, return_hydra_config=True)
+        except (HydraException, OmegaConfBaseException) as exc:
+            _fail(one_line(exc, first, compose_base))
+        from simsched.run import build_components
+
+        multirun = bool(flags) or head.hydra.mode == RunMode.MULTIRUN
+        if not multirun:
+            swept = [ov.input_line for ov in _parse(overrides) if ov.is_sweep_override()]
+            if swept:
+                _fail(f"{swept[0]}: several values make a sweep: add -m (--multirun)")
+            try:
+                build_components(head)
+            except SimschedError as exc:
+                _fail(str(exc))
+            return
+        params = head.hydra.sweeper.get("params") or {}
+        overrides = [f"{k}={v}" for k, v in params.items()] + overrides
+        try:
+            lists, values = _expand(overrides, set(head.hydra.runtime.choices.keys()))
+        except HydraException as exc:
+            _fail(" ".join(str(exc).split()))
+        first_cfg = None
         for ovs in lists:
             try:
                 cfg = compose_base(ovs)
             except (HydraException, OmegaConfBaseException) as exc:
                 _fail(one_line(exc, ovs, compose_base))
+            first_cfg = cfg if first_cfg is None else first_cfg
             try:
-                from simsched.run import build_components
-
                 build_components(cfg)
             except SimschedError as exc:
                 _fail(str(exc))
+        for key, options in values:
+            for value in options:
+                _check_value(first_cfg, key, value, lists[0], compose_base)
 
 
 def _fail(message: str) -> None:

@@ -86,17 +86,25 @@ def flat_params(cfg: DictConfig) -> dict[str, Any]:
 
 def run_tags(cfg: DictConfig) -> dict[str, str]:
     """Tags that make runs easy to compare in the MLflow UI."""
+    from simsched.capacity import arrival_rate
+    from simsched.tracking import git_commit
+
+    rate = arrival_rate(cfg)
     return {
         "scheduler": str(cfg.scheduler.get("name", "")),
         "k_bins": str(cfg.scheduler.get("k_bins", 1)),
         "workload": str(cfg.workload.get("name", "")),
+        "lambda": "" if rate != rate else f"{rate:g}",
         "gpus": str(cfg.gpus.get("count", "")),
         "seed": str(cfg.seed),
+        "git_commit": git_commit(),
     }
 
 
-def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Run one simulation and write its folder; tracking comes last and cannot lose results."""
+def run(cfg: DictConfig, out_dir: Path, *, tags: dict[str, str] | None = None,
+        parent_run_id: str | None = None) -> dict[str, Any]:
+    """Run one simulation and write its folder; tracking comes last and cannot lose results.
+    ``tags`` are added to the run's tags; ``parent_run_id`` nests it under a sweep's run."""
     out_dir.mkdir(parents=True, exist_ok=True)
     res, metrics, comps = simulate_config(cfg)
     write_metrics(out_dir / "metrics.json", metrics)
@@ -114,5 +122,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         files.append(hydra_dir)
     if cfg.tracking is not None:
         tracker = build(cfg.tracking, "tracking")
-        tracker.log_run(out_dir, flat_params(cfg), metrics, files, run_tags(cfg))
+        tracker.log_run(out_dir, flat_params(cfg), metrics, files, run_tags(cfg) | (tags or {}),
+                        parent_run_id=parent_run_id)
     return metrics

@@ -150,3 +150,56 @@ def test_md1_capacity_matches_closed_form_within_2_percent():
     assert res.capacity == pytest.approx(exact, rel=0.02), (res.capacity, exact)
     # The curve's points straddle the target around the capacity.
     assert any(p.mean <= target for p in res.curve) and any(p.mean > target for p in res.curve)
+
+
+def test_capacity_command_compares_schedulers_and_logs_to_mlflow(tmp_path, capsys):
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from simsched.capacity import main
+
+    out_dir = tmp_path / "cap"
+    results = main(["--schedulers", "static_fifo,multi_bin_dynamic", "--replications", "2", "--rel-tol", "0.1",
+                    "--out", str(out_dir), "workload=poisson", "workload.num_requests=1000", "sla.latency_s=10",
+                    f"tracking.uri=sqlite:///{tmp_path}/cap.db", "tracking.experiment=cap"])
+    text = capsys.readouterr().out
+    assert list(results) == ["static_fifo", "multi_bin_dynamic"]
+    for res in results.values():
+        assert [r.target for r in res] == [0.01, 0.05]
+        for r in res:
+            assert r.status == "ok"
+            means = {p.rate: p.mean for p in r.curve}
+            assert means[r.bracket[0]] <= r.target < means[r.bracket[1]]
+            assert r.bracket[1] - r.bracket[0] <= 0.1 * r.bracket[0] + 1e-12
+    table = pd.read_csv(out_dir / "capacity.csv")
+    assert len(table) == 4 and set(table["baseline"]) == {"static_fifo"}
+    mb5 = table[(table["scheduler"] == "multi_bin_dynamic") & (table["target"] == 0.05)].iloc[0]
+    sf5 = table[(table["scheduler"] == "static_fifo") & (table["target"] == 0.05)].iloc[0]
+    assert mb5["ratio_vs_baseline"] == pytest.approx(mb5["capacity_rps"] / sf5["capacity_rps"])
+    assert f"multi_bin_dynamic vs static_fifo @ 5% violation: {sf5['capacity_rps']:.3g} → " in text
+    assert (out_dir / "curve.csv").is_file() and (out_dir / "violation_vs_rate.png").is_file()
+    client = MlflowClient(f"sqlite:///{tmp_path}/cap.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("cap").experiment_id])
+    assert run.data.tags["simsched.kind"] == "capacity"
+    assert run.data.metrics["capacity_static_fifo_5pct"] == pytest.approx(sf5["capacity_rps"])
+    assert {"capacity.csv", "curve.csv", "violation_vs_rate.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_capacity_command_bad_input_is_one_line(tmp_path, capsys):
+    from simsched.capacity import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["scheduler=nope", "--out", str(tmp_path)])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().startswith("error: scheduler=nope: unknown option; allowed:")
+    with pytest.raises(ConfigError, match="target"):
+        main(["--targets", "0.05,1.5", "tracking=none", "--out", str(tmp_path)])
+
+
+def test_pool_map_gives_the_same_violations_as_a_plain_loop():
+    from simsched.capacity import pool_map
+
+    cfg = compose(["workload=poisson", "workload.num_requests=300", "tracking=none", "sla.latency_s=5"])
+    violation = simulated_violation(cfg)
+    args = [(3.0, 0), (3.0, 1)]
+    assert pool_map(2)(violation, args) == [violation(*a) for a in args]
