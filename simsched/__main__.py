@@ -30,9 +30,12 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     register_configs()
     register_sweeps()
+    sys.argv = [sys.argv[0]] + argv
+    app = hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
     if _is_sweep(argv):
         precheck(CONFIG_DIR, argv)
-    sys.argv = [sys.argv[0]] + argv
+        app(task)()   # the task itself: launchers pickle it to send it to their workers
+        return
     real_stderr = sys.stderr
     held = io.StringIO()   # what Hydra writes to stderr before the first job starts
     started: list[bool] = []
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         with contextlib.redirect_stderr(held):
-            hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")(job)()
+            app(job)()
     except SystemExit as exc:
         if not started and exc.code not in (0, None):
             sys.stderr = real_stderr
