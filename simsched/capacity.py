@@ -173,6 +173,7 @@ def find_capacities(violation_at: ViolationAt, targets: Sequence[float], lo: flo
 def with_arrival_rate(cfg: Any, rate: float) -> Any:
     """A copy of a simsched config whose workload's mean arrival rate is ``rate`` (req/s).
 
+    Trace replays set ``workload.target_rate``; windowed Gamma scales every window's rate;
     Poisson and Gamma-with-rate+cv set ``workload.arrivals.rate``; Gamma given by shape+scale
     keeps its shape (its burstiness) and sets ``scale = 1/(rate·shape)``; ON/OFF scales both
     phase rates by the same factor. Anything else is a ConfigError naming the node.
@@ -181,11 +182,19 @@ def with_arrival_rate(cfg: Any, rate: float) -> Any:
 
     check_positive("rate", rate)
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    arrivals = out.workload.get("arrivals") if out.get("workload") is not None else None
+    workload = out.get("workload")
+    if workload is not None and "target_rate" in workload and "path" in workload:
+        workload.target_rate = float(rate)   # a trace: replayed at the rate that gives this mean
+        workload.rps_scale = 1.0
+        return out
+    arrivals = workload.get("arrivals") if workload is not None else None
     if arrivals is None:
         raise ConfigError("workload.arrivals", "this workload has no arrival process whose rate can be set")
     keys = set(arrivals.keys())
-    if "rate_on" in keys and "rate_off" in keys:
+    if "rates" in keys and "window_s" in keys:   # windowed Gamma: keep the pattern, scale its level
+        current = arrival_rate(out)
+        arrivals.rates = [float(r) * float(rate) / current for r in arrivals.rates]
+    elif "rate_on" in keys and "rate_off" in keys:
         current = arrival_rate(out)
         factor = float(rate) / current
         arrivals.rate_on = float(arrivals.rate_on) * factor
@@ -207,6 +216,9 @@ def arrival_rate(cfg: Any) -> float:
     if arrivals is None:
         return math.nan
     get = arrivals.get
+    if get("rates") is not None:
+        rates = [float(r) for r in get("rates")]
+        return sum(rates) / len(rates)
     if get("rate_on") is not None and get("rate_off") is not None:
         on, off = float(get("mean_on_s")), float(get("mean_off_s"))
         return (float(get("rate_on")) * on + float(get("rate_off")) * off) / (on + off)

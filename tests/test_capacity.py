@@ -105,11 +105,20 @@ def test_with_arrival_rate_sets_every_arrival_shape():
     assert out.workload.arrivals.rate_on == pytest.approx(20.0) and out.workload.arrivals.rate_off == pytest.approx(2.0)
     from simsched.run import build_components
 
-    # (conf/workload/onoff.yaml inherits poisson's ``rate`` key, which OnOff does not accept, so
-    # it is not built here; its rates were checked above.)
-    for cfg in (poisson, burst, gamma):
+    for cfg in (poisson, burst, gamma, onoff):
         wl = build_components(with_arrival_rate(cfg, 5.0)).workload
         assert wl.mean_rate == pytest.approx(5.0)
+
+
+def test_with_arrival_rate_sets_trace_target_rate_and_windowed_gamma_level():
+    trace = compose(["workload=azure_trace", "workload.path=x.csv", "workload.rps_scale=2"])
+    out = with_arrival_rate(trace, 3.0)
+    assert out.workload.target_rate == 3.0 and out.workload.rps_scale == 1.0
+    windowed = OmegaConf.create({"workload": {"arrivals": {
+        "_target_": "simsched.workloads.arrivals.WindowedGamma", "window_s": 60.0,
+        "rates": [1.0, 3.0], "shapes": [0.5, 2.0]}}})
+    out = with_arrival_rate(windowed, 4.0)
+    assert list(out.workload.arrivals.rates) == [2.0, 6.0] and arrival_rate(out) == 4.0
 
 
 def test_with_arrival_rate_rejects_a_workload_without_rate():
