@@ -18,8 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:   # pandas is imported where a trace is parsed: it costs 0.6 s of start-up
+    import pandas as pd
 
 from simsched.errors import InputError
 
@@ -153,6 +157,7 @@ def _write_cache(cache: Path, frame: pd.DataFrame, blank: int) -> None:
 
 
 def _parse(path: Path, schema: TraceSchema, header: list[str]) -> tuple[pd.DataFrame, int]:
+    import pandas as pd
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
