@@ -128,16 +128,23 @@ def test_a_bad_sweep_value_stops_before_any_job(tmp_path):
     assert not (tmp_path / "multirun").exists()
 
 
-def test_launcher_presets_compose(hydra_env):
+@pytest.mark.parametrize("preset,plugin,target", [
+    ("slurm", "hydra_plugins.hydra_submitit_launcher", "SlurmLauncher"),
+    ("ray_local", "hydra_plugins.hydra_ray_launcher", "RayLauncher"),
+])
+def test_launcher_presets_compose(hydra_env, preset, plugin, target):
+    pytest.importorskip(plugin, reason=f"the {preset} launcher's extra is not installed")
     from hydra import compose, initialize_config_dir
 
     from simsched.__main__ import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        slurm = compose("config", ["hydra/launcher=slurm"], return_hydra_config=True).hydra.launcher
-        ray = compose("config", ["hydra/launcher=ray_local"], return_hydra_config=True).hydra.launcher
-    assert slurm._target_.endswith("SlurmLauncher") and slurm.cpus_per_task == 1
-    assert ray._target_.endswith("RayLauncher") and ray.ray.remote.num_cpus == 1
+        launcher = compose("config", [f"hydra/launcher={preset}"], return_hydra_config=True).hydra.launcher
+    assert launcher._target_.endswith(target)
+    if preset == "slurm":
+        assert launcher.cpus_per_task == 1
+    else:
+        assert launcher.ray.remote.num_cpus == 1
 
 
 # --- real sweeps in a real MLflow store --------------------------------------------------------
