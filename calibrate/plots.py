@@ -65,12 +65,7 @@ def plot_fitted_vs_measured(path: Path, grid: Any, fit: GridFit, title: str = ""
     ax.set_title("fitted vs measured, every form", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="both")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title)
 
 
 def plot_residuals(path: Path, grid: Any, fit: GridFit, title: str = "") -> Path:
@@ -100,6 +95,11 @@ def plot_residuals(path: Path, grid: Any, fit: GridFit, title: str = "") -> Path
     shapes = ", ".join(f"{GLYPHS[m]} {int(p)}" for m, p in zip(MARKERS, prompts))
     axes[0][0].set_ylabel(f"(fitted − measured) / measured, %\nprompt: {shapes}")
     axes[0][0].legend(fontsize=7, ncol=2)
+    return _save(plt, fig, path, title)
+
+
+def _save(plt: Any, fig: Any, path: Path, title: str) -> Path:
+    """Title, lay out, write and close a figure (both plots end the same way)."""
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

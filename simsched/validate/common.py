@@ -64,6 +64,17 @@ def figure(width: float = 6.4, height: float = 4.0):
     return plt.subplots(figsize=(width, height))
 
 
+def finish(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str,
+           legend_size: int = 7, title_size: int | None = None) -> str:
+    """Label, grid and save a one-axes check plot (every check's plot ends the same way)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=title_size)
+    ax.legend(fontsize=legend_size)
+    ax.grid(alpha=0.3)
+    return save(fig, path)
+
+
 def save(fig: Any, path: Path) -> str:
     import matplotlib.pyplot as plt
 

@@ -24,7 +24,7 @@ from simsched.batchers import FixedBatcher
 from simsched.latency import SeedForm
 from simsched.metrics import Sla, compute_metrics
 from simsched.scheduler import Scheduler
-from simsched.validate.common import Settings, figure, poisson_requests, rng, run_sim, save
+from simsched.validate.common import Settings, figure, finish, poisson_requests, rng, run_sim
 from simsched.validate.multibin_theorem import SATURATED_WINDOW
 from simsched.validate.stats import CheckResult, Row
 from simsched.validate.theory import equal_mass_cuts, saturated_throughput
@@ -120,12 +120,8 @@ def _plot(rows: list[Row], labels: list[str], out: Path) -> str:
         ax.errorbar(ks, [r.mean for r in sel], yerr=[r.half for r in sel], fmt="o", color=line.get_color(),
                     capsize=3, label=f"simulated: {label}")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("bins k")
-    ax.set_ylabel("throughput threshold (req/s)")
-    ax.set_title("8 GPUs, B = 8, 0.0366 s/token")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    return save(fig, out / "c4_eight_servers.png")
+    return finish(fig, ax, out / "c4_eight_servers.png", "bins k", "throughput threshold (req/s)",
+                  "8 GPUs, B = 8, 0.0366 s/token")
 
 
 def run(settings: Settings, out: Path) -> CheckResult:

@@ -25,7 +25,7 @@ from simsched.batchers import FixedBatcher
 from simsched.latency import SeedForm
 from simsched.metrics import Sla, Window, compute_metrics
 from simsched.scheduler import Scheduler
-from simsched.validate.common import Settings, figure, poisson_requests, rng, run_sim, save
+from simsched.validate.common import Settings, figure, finish, poisson_requests, rng, run_sim, save
 from simsched.validate.stats import CheckResult, Row
 from simsched.validate.theory import (lemma51_latency, saturated_throughput, theorem42_service,
                                       theorem42_throughput)
@@ -139,12 +139,8 @@ def _plot(rows: list[Row], settings_used: list[tuple[int, float, float]], out: P
                     color=line.get_color(), capsize=3, label=f"simulated: {name}")
     ax.axhline(1.0, color="grey", ls="--", lw=1, label="Remark 4.3: c_max (k → ∞)")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("bins k")
-    ax.set_ylabel("throughput / c_max")
-    ax.set_title("Multi-Bin throughput vs bins (95% CI)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    return save(fig, out / "c2_theorem42.png")
+    return finish(fig, ax, out / "c2_theorem42.png", "bins k", "throughput / c_max",
+                  "Multi-Bin throughput vs bins (95% CI)")
 
 
 def _plot_lemma(rows: list[Row], out: Path) -> str:

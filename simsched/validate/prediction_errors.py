@@ -16,7 +16,7 @@ import numpy as np
 
 from simsched.metrics import Sla, compute_metrics
 from simsched.predictor import Noisy
-from simsched.validate.common import Settings, figure, poisson_requests, rng, run_sim, save
+from simsched.validate.common import Settings, figure, finish, poisson_requests, rng, run_sim
 from simsched.validate.multibin_theorem import (LATENCY, SATURATED_WINDOW, STEP_S, lengths, multi_bin_static)
 from simsched.validate.stats import CheckResult, Row
 from simsched.validate.theory import saturated_throughput
@@ -90,12 +90,9 @@ def _plot(rows: list[Row], ks: tuple[int, ...], p_es: tuple[float, ...], out: Pa
         line, = ax.plot(p_es, [r.expected for r in sel], "-", label=f"exact, k = {k}")
         ax.errorbar(p_es, [r.mean for r in sel], yerr=[r.half for r in sel], fmt="o", color=line.get_color(),
                     capsize=3)
-    ax.set_xlabel("p_e (probability of each neighbouring bin)")
-    ax.set_ylabel("throughput (req/time unit)")
-    ax.set_title(f"Bin errors, B = {B}, l ~ U(1, 20): simulated (points, 95% CI) vs exact", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return save(fig, out / "c3_prediction_errors.png")
+    return finish(fig, ax, out / "c3_prediction_errors.png", "p_e (probability of each neighbouring bin)",
+                  "throughput (req/time unit)",
+                  f"Bin errors, B = {B}, l ~ U(1, 20): simulated (points, 95% CI) vs exact", legend_size=8, title_size=10)
 
 
 def run(settings: Settings, out: Path) -> CheckResult:

@@ -13,7 +13,7 @@ from simsched.batchers import FixedBatcher
 from simsched.latency import SeedForm
 from simsched.metrics import Sla, Window, compute_metrics
 from simsched.scheduler import Scheduler
-from simsched.validate.common import Settings, figure, poisson_requests, rng, run_sim, save
+from simsched.validate.common import Settings, figure, finish, poisson_requests, rng, run_sim
 from simsched.validate.stats import CheckResult, Row
 from simsched.validate.theory import pk_wait
 from simsched.workloads.lengths import Empirical, Fixed, Uniform
@@ -83,12 +83,8 @@ def _plot(rows: list[Row], out: Path) -> str:
         ax.errorbar(rho, [r.mean for r in sel], yerr=[r.half for r in sel], fmt="o", color=line.get_color(),
                     capsize=3)
     ax.set_yscale("log")
-    ax.set_xlabel("load ρ = λ E[S]")
-    ax.set_ylabel("mean queueing delay (s)")
-    ax.set_title("M/D/1, M/G/1: simulated (points, 95% CI) vs Pollaczek–Khinchine")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    return save(fig, out / "c1_queueing.png")
+    return finish(fig, ax, out / "c1_queueing.png", "load ρ = λ E[S]", "mean queueing delay (s)",
+                  "M/D/1, M/G/1: simulated (points, 95% CI) vs Pollaczek–Khinchine")
 
 
 def run(settings: Settings, out: Path) -> CheckResult:

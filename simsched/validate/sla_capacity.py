@@ -22,7 +22,7 @@ from simsched.capacity import find_capacity
 from simsched.latency import Affine
 from simsched.metrics import Sla, Window, compute_metrics
 from simsched.scheduler import Scheduler
-from simsched.validate.common import Settings, figure, poisson_requests, rng, run_sim, save
+from simsched.validate.common import Settings, figure, finish, poisson_requests, rng, run_sim
 from simsched.validate.stats import CheckResult, Row, mean_ci
 from simsched.workloads.lengths import Lognormal
 
@@ -101,12 +101,9 @@ def _plot(rates: np.ndarray, curves: dict[str, list[list[float]]], caps: dict[st
         ax.axvline(np.mean(caps[name]), color=line.get_color(), lw=1, ls="--")
     ax.axhline(TARGET, color="grey", lw=1)
     ax.set_ylim(0, 0.5)
-    ax.set_xlabel("arrival rate λ (req/s)")
-    ax.set_ylabel("SLA violation rate (TBT > 50 ms or latency > 60 s)")
-    ax.set_title("Violation vs λ (mean, 95% band); dashed: capacity at 5%", fontsize=10)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    return save(fig, out / "c5_sla_capacity.png")
+    return finish(fig, ax, out / "c5_sla_capacity.png", "arrival rate λ (req/s)",
+                  "SLA violation rate (TBT > 50 ms or latency > 60 s)",
+                  "Violation vs λ (mean, 95% band); dashed: capacity at 5%", title_size=10)
 
 
 def run(settings: Settings, out: Path) -> CheckResult:
