@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,7 +50,6 @@ class SimResult:
     num_gpus: int
     kv_capacity_tokens: int
     end_time: float
-    info: dict[str, Any] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         c = np.bincount(self.status, minlength=len(STATUS_NAMES))

@@ -202,11 +202,16 @@ def test_rerunning_a_sweep_makes_new_runs_tagged_as_repeats(basic_sweep):
     assert list(a["throughput_rps"]) == list(b["throughput_rps"])
 
 
-def test_joblib_sweep_makes_one_parent_and_a_child_per_job(tmp_path):
-    args = ["-m", "seed=0,1", *TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-            f"tracking.uri=sqlite:///{tmp_path}/store.db", "tracking.experiment=joblib",
+def joblib_sweep(tmp_path, seeds: str, n_jobs: int, experiment: str):
+    """A seed sweep through the joblib launcher into a sqlite store under tmp_path."""
+    args = ["-m", f"seed={seeds}", *TINY, "hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}",
+            f"tracking.uri=sqlite:///{tmp_path}/store.db", f"tracking.experiment={experiment}",
             f"hydra.sweep.dir={tmp_path}/sweep"]
-    proc = simsched(args, tmp_path)
+    return simsched(args, tmp_path)
+
+
+def test_joblib_sweep_makes_one_parent_and_a_child_per_job(tmp_path):
+    proc = joblib_sweep(tmp_path, "0,1", 2, "joblib")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
     parent, children = parent_and_children(store(tmp_path / "store.db", "joblib"), tmp_path / "sweep")
@@ -216,10 +221,7 @@ def test_joblib_sweep_makes_one_parent_and_a_child_per_job(tmp_path):
 
 @pytest.mark.slow
 def test_eight_parallel_joblib_jobs_share_one_sqlite_store(tmp_path):
-    args = ["-m", "seed=range(0,8)", *TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=8",
-            f"tracking.uri=sqlite:///{tmp_path}/store.db", "tracking.experiment=par",
-            f"hydra.sweep.dir={tmp_path}/sweep"]
-    proc = simsched(args, tmp_path)
+    proc = joblib_sweep(tmp_path, "range(0,8)", 8, "par")
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = proc.stderr + "".join(p.read_text() for p in (tmp_path / "sweep").rglob("*.log"))
     assert "locked" not in logs and "tracking failed" not in logs
