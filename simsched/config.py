@@ -18,7 +18,7 @@ from simsched.errors import ConfigError, SimschedError
 
 GROUP_COMPONENTS = {
     "scheduler": ["simsched.scheduler.Scheduler"],
-    "latency_model": ["simsched.latency.SeedForm", "simsched.latency.Affine",
+    "latency_model": ["simsched.latency.SeedForm", "simsched.latency.Affine", "simsched.latency.StepTime",
                       "simsched.calibration.Calibrated"],
     "predictor": ["simsched.predictor.Oracle", "simsched.predictor.Noisy"],
     "gpus": ["simsched.cluster.Gpus"],

@@ -85,3 +85,56 @@ def mean_tbt(model: LatencyModel, b: Any, L: Any, prompt_sum: Any) -> Any:
     tl = np.where(L > 1, model.batch_time(b, L, prompt_sum), model.batch_time(b, 2, prompt_sum))
     out = (tl - t1) / steps
     return float(out) if out.ndim == 0 else out
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """Iteration-level step time (REFERENCE §9), the form both engines share:
+
+        t_step = c0 + c_pf·prefill_tokens + c_dec·decode_seqs + c_ctx·Σcontext
+                 + c_attn·Σ(chunk·start + chunk²/2) + cpu
+
+    ``prefill_tokens`` are the prompt tokens computed in the step, ``decode_seqs`` the requests
+    that generate a token from an already computed context, ``Σcontext`` the tokens those
+    decoding requests attend over (computed tokens plus the new one), and the ``c_attn`` term the quadratic attention of prefill
+    chunks (a chunk of n tokens starting at position s attends over s + n/2 tokens on average).
+    ``cpu_s`` is the host time per step (scheduling, input preparation) that the GPU does not
+    hide. ``source`` says where the coefficients come from (a fit, a roofline, a paper).
+
+    Run-to-completion batches integrate it (``batch_time``): one prefill step of all b prompts
+    (P tokens, prompts taken as equal for the attention term), then L − 1 decode steps of b
+    sequences whose context grows from P by b tokens a step.
+    """
+
+    c0_s: float = 0.0
+    c_pf_s: float = 0.0
+    c_dec_s: float = 0.0
+    c_ctx_s: float = 0.0
+    c_attn_s: float = 0.0
+    cpu_s: float = 0.0
+    name: str = "step_time"
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        for key in ("c0_s", "c_pf_s", "c_dec_s", "c_ctx_s", "c_attn_s", "cpu_s"):
+            check_positive(key, getattr(self, key), allow_zero=True)
+        if self.c0_s + self.c_dec_s + self.cpu_s <= 0:
+            raise ConfigError("c0_s", "c0_s + c_dec_s + cpu_s must be > 0 (a decode step takes time)",
+                              self.c0_s)
+
+    def step_time(self, prefill_tokens: Any, decode_seqs: Any, context_tokens: Any,
+                  attn_tokens2: Any = 0.0) -> Any:
+        """Seconds for one step; ``attn_tokens2`` is Σ over prefill chunks of n·s + n²/2."""
+        return (self.c0_s + self.cpu_s + self.c_pf_s * prefill_tokens + self.c_dec_s * decode_seqs
+                + self.c_ctx_s * context_tokens + self.c_attn_s * attn_tokens2)
+
+    def batch_time(self, b: Any, L: Any, prompt_sum: Any) -> Any:
+        b = np.asarray(b, dtype=float)
+        L = np.asarray(L, dtype=float)
+        P = np.asarray(prompt_sum, dtype=float)
+        steps = L - 1.0
+        prefill = self.step_time(P, 0.0, 0.0, P * P / (2.0 * b))
+        decode = (steps * (self.c0_s + self.cpu_s + self.c_dec_s * b)
+                  + self.c_ctx_s * (steps * P + b * L * steps / 2.0))
+        out = prefill + decode
+        return float(out) if np.ndim(out) == 0 else out

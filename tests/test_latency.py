@@ -43,3 +43,21 @@ def test_models_accept_arrays():
 def test_bad_parameters(cls, kwargs, key):
     with pytest.raises(ConfigError, match=key):
         cls(**kwargs)
+
+
+def test_step_time_integrates_to_batch_time():
+    """StepTime.batch_time is the sum of its own steps: one prefill step of b equal prompts,
+    then L − 1 decode steps of b sequences whose context grows by b tokens a step."""
+    from simsched.latency import StepTime
+
+    m = StepTime(c0_s=0.01, c_pf_s=1e-4, c_dec_s=1e-3, c_ctx_s=1e-7, c_attn_s=1e-9, cpu_s=0.002)
+    for b, L, P in [(1, 1, 100), (4, 10, 400), (32, 257, 32 * 1024)]:
+        p = P / b
+        t = m.step_time(P, 0, 0, b * p * p / 2)
+        for j in range(1, L):
+            t += m.step_time(0, b, P + b * j)
+        assert m.batch_time(b, L, P) == pytest.approx(t, rel=1e-12)
+    assert np.allclose(m.batch_time(np.array([1, 4]), np.array([1, 10]), np.array([100, 400])),
+                       [m.batch_time(1, 1, 100), m.batch_time(4, 10, 400)])
+    with pytest.raises(ConfigError, match="c_dec_s"):
+        StepTime(c_dec_s=-1.0)
