@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from simsched.app.paths import config_dir
 from simsched.errors import SimschedError
-
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def _fail(message: str) -> None:
@@ -25,10 +24,10 @@ def precheck(config_name: str, argv: list[str], validate: Callable[[Any], None])
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from simsched.cli import one_line
+    from simsched.app.cli import one_line
 
     overrides = [a for a in argv if not a.lstrip("+~").startswith("hydra")]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3", job_name="precheck"):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3", job_name="precheck"):
         def compose_base(ovs: list[str]) -> Any:
             return compose(config_name=config_name, overrides=ovs)
 
@@ -63,4 +62,4 @@ def launch(config_name: str, task: Callable[[Any, Path], None], validate: Callab
             raise SystemExit(exc.exit_code) from None
 
     sys.argv = [sys.argv[0]] + argv
-    hydra.main(config_path=CONFIG_DIR, config_name=config_name, version_base="1.3")(job)()
+    hydra.main(config_path=config_dir(), config_name=config_name, version_base="1.3")(job)()

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from simsched.batchers import memory_batch_limit
-from simsched.engine import COMPLETED, REJECTED, SimResult
+from simsched.engines.run_to_completion import COMPLETED, REJECTED, SimResult
 from simsched.errors import check_positive, check_probability
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from simsched.engine import REASONS, STATUS_NAMES, SimResult
+from simsched.engines.run_to_completion import REASONS, STATUS_NAMES, SimResult
 
 
 def _jsonable(v: Any) -> Any:

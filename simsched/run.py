@@ -14,7 +14,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from simsched.config import build
-from simsched.engine import SimResult, simulate
+from simsched.engines.run_to_completion import SimResult, simulate
 from simsched.metrics import Sla, Window, compute_metrics
 from simsched.outputs import format_table, plot_latency_cdf, write_metrics, write_tables
 from simsched.workloads.summary import format_summary, summarize
@@ -86,7 +86,7 @@ def flat_params(cfg: DictConfig) -> dict[str, Any]:
 
 def run_tags(cfg: DictConfig) -> dict[str, str]:
     """Tags that make runs easy to compare in the MLflow UI."""
-    from simsched.capacity import arrival_rate
+    from simsched.workloads.rates import arrival_rate
     from simsched.tracking import git_commit
 
     rate = arrival_rate(cfg)

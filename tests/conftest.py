@@ -11,7 +11,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from simsched.batchers import DynamicBatcher, FixedBatcher  # noqa: E402
 from simsched.cluster import Gpus  # noqa: E402
-from simsched.engine import simulate  # noqa: E402
+from simsched.engines.run_to_completion import simulate  # noqa: E402
 from simsched.latency import Affine, SeedForm  # noqa: E402
 from simsched.predictor import Oracle  # noqa: E402
 from simsched.scheduler import Scheduler  # noqa: E402

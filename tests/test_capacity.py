@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from simsched.capacity import (arrival_rate, ci95_halfwidth, find_capacities, find_capacity,
-                               simulated_violation, with_arrival_rate)
+from simsched.capacity_search import ci95_halfwidth, find_capacities, find_capacity, simulated_violation
+from simsched.workloads.rates import arrival_rate, with_arrival_rate
 from simsched.errors import ConfigError
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -165,7 +165,7 @@ def test_capacity_command_compares_schedulers_and_logs_to_mlflow(tmp_path, capsy
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
-    from simsched.capacity import main
+    from simsched.app.capacity import main
 
     out_dir = tmp_path / "cap"
     results = main(["--schedulers", "static_fifo,multi_bin_dynamic", "--replications", "2", "--rel-tol", "0.1",
@@ -195,7 +195,7 @@ def test_capacity_command_compares_schedulers_and_logs_to_mlflow(tmp_path, capsy
 
 
 def test_capacity_command_bad_input_is_one_line(tmp_path, capsys):
-    from simsched.capacity import main
+    from simsched.app.capacity import main
 
     with pytest.raises(SystemExit) as stop:
         main(["scheduler=nope", "--out", str(tmp_path)])
@@ -206,7 +206,7 @@ def test_capacity_command_bad_input_is_one_line(tmp_path, capsys):
 
 
 def test_pool_map_gives_the_same_violations_as_a_plain_loop():
-    from simsched.capacity import pool_map
+    from simsched.capacity_search import pool_map
 
     cfg = compose(["workload=poisson", "workload.num_requests=300", "tracking=none", "sla.latency_s=5"])
     violation = simulated_violation(cfg)

@@ -7,7 +7,7 @@ from conftest import run_sim, table
 
 from simsched.batchers import DynamicBatcher, FixedBatcher
 from simsched.cluster import Gpus
-from simsched.engine import COMPLETED, REJECTED, REASONS, UNFINISHED
+from simsched.engines.run_to_completion import COMPLETED, REJECTED, REASONS, UNFINISHED
 from simsched.errors import ConfigError
 from simsched.latency import Affine, SeedForm
 from simsched.predictor import Noisy

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from simsched.batchers import DynamicBatcher, FixedBatcher
 from simsched.cluster import Gpus
-from simsched.engine import COMPLETED, REJECTED
+from simsched.engines.run_to_completion import COMPLETED, REJECTED
 from simsched.latency import Affine, SeedForm
 from simsched.metrics import Sla, Window, compute_metrics
 from simsched.predictor import Noisy

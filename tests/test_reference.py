@@ -7,7 +7,7 @@ from reference_engine import reference_simulate
 
 from simsched.batchers import DynamicBatcher, FixedBatcher
 from simsched.cluster import Gpus
-from simsched.engine import simulate
+from simsched.engines.run_to_completion import simulate
 from simsched.latency import Affine, SeedForm
 from simsched.predictor import Oracle
 from simsched.scheduler import Scheduler

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from simsched import report
+from simsched.app import report
 
 
 def fake_job(root: Path, num: int, *, scheduler: str, k: int, rate: float, gpus: int, seed: int,

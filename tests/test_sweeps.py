@@ -65,7 +65,7 @@ SWEEP_SIZES = {"compare": 9, "k_sensitivity": 12, "load": 48, "gpus": 24, "seeds
 @pytest.fixture(scope="module")
 def hydra_env():
     from simsched.config import register_configs
-    from simsched.sweep import register_sweeps
+    from simsched.app.sweep import register_sweeps
 
     register_configs()
     register_sweeps()
@@ -75,25 +75,25 @@ def test_every_named_sweep_is_documented_runnable_and_sized(hydra_env):
     from hydra import compose, initialize_config_dir
     from hydra.types import RunMode
 
-    from simsched.__main__ import CONFIG_DIR
-    from simsched.cli import precheck
-    from simsched.sweep import count_jobs, sweep_overrides
+    from simsched.app.paths import config_dir
+    from simsched.app.cli import precheck
+    from simsched.app.sweep import count_jobs, sweep_overrides
 
     names = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
     assert set(SWEEP_SIZES) <= set(names)
     for name in names:
         text = (ROOT / "sweeps" / f"{name}.yaml").read_text()
         assert text.startswith("# @package _global_") and f"python -m simsched +sweep={name}" in text
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
             cfg = compose("config", [f"+sweep={name}"], return_hydra_config=True)
         assert cfg.hydra.mode == RunMode.MULTIRUN, name
         if name in SWEEP_SIZES:
             assert count_jobs(sweep_overrides(cfg)) == SWEEP_SIZES[name], name
-        precheck(CONFIG_DIR, [f"+sweep={name}"])    # every value composes and builds
+        precheck(config_dir(), [f"+sweep={name}"])    # every value composes and builds
 
 
 def test_count_jobs_follows_the_basic_sweeper():
-    from simsched.sweep import count_jobs
+    from simsched.app.sweep import count_jobs
 
     assert count_jobs(["a=1,2", "b=range(0,3)", "c=5"]) == 6
     assert count_jobs(["a=1,2", "a=3"]) == 1          # a later value of a key replaces the sweep
@@ -111,11 +111,11 @@ def test_count_jobs_follows_the_basic_sweeper():
     (["+sweep=load", "workload.arrivals.rate=2,-1"], "workload.arrivals.rate: must be > 0 (got -1"),
 ])
 def test_bad_overrides_in_a_sweep_are_one_line_exit_2(hydra_env, capsys, argv, expected):
-    from simsched.__main__ import CONFIG_DIR
-    from simsched.cli import precheck
+    from simsched.app.paths import config_dir
+    from simsched.app.cli import precheck
 
     with pytest.raises(SystemExit) as stop:
-        precheck(CONFIG_DIR, argv)
+        precheck(config_dir(), argv)
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
@@ -136,9 +136,9 @@ def test_launcher_presets_compose(hydra_env, preset, plugin, target):
     pytest.importorskip(plugin, reason=f"the {preset} launcher's extra is not installed")
     from hydra import compose, initialize_config_dir
 
-    from simsched.__main__ import CONFIG_DIR
+    from simsched.app.paths import config_dir
 
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         launcher = compose("config", [f"hydra/launcher={preset}"], return_hydra_config=True).hydra.launcher
     assert launcher._target_.endswith(target)
     if preset == "slurm":
@@ -253,7 +253,7 @@ def test_an_exception_in_a_job_becomes_error_json(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
     import simsched.run
-    from simsched.sweep import run_job
+    from simsched.app.sweep import run_job
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash")
@@ -314,7 +314,7 @@ def test_retry_locked_retries_only_the_lock_error():
 
 
 def test_absolute_uri_is_the_same_store_from_any_folder(tmp_path):
-    from simsched.sweep import absolute_uri
+    from simsched.app.sweep import absolute_uri
 
     assert absolute_uri("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     assert absolute_uri("sqlite:////abs/x.db", tmp_path) == "sqlite:////abs/x.db"
@@ -337,7 +337,7 @@ def test_progress_counts_finished_and_failed_job_folders(tmp_path):
 
 
 def test_report_command_from_the_folder_and_from_mlflow_agree(basic_sweep, tmp_path, capsys):
-    from simsched import report
+    from simsched.app import report
 
     cwd, _, _ = basic_sweep
     report.main([str(cwd / "first"), "--out", str(tmp_path / "dir")])

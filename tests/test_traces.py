@@ -237,13 +237,13 @@ def _azure_expected_seconds(path: Path) -> list[Decimal]:
 def test_azure_code_trace_full_replay(tmp_path, scale):
     from hydra import compose, initialize_config_dir
 
-    from simsched.__main__ import CONFIG_DIR
+    from simsched.app.paths import config_dir
     from simsched.config import register_configs
     from simsched.run import run
 
     expected = _azure_expected_seconds(AZURE_CODE)
     register_configs()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("config", overrides=[
             "workload=azure_trace", f"workload.path={AZURE_CODE}", f"workload.rps_scale={scale}",
             f"workload.cache_dir={tmp_path / 'cache'}", "tracking=none", "output.plots=false",

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from simsched import engine
+from simsched.engines import run_to_completion as engine
 from simsched.validate import multibin_theorem as c2
 from simsched.validate import queueing as c1
 from simsched.validate.stats import Row, mean_ci

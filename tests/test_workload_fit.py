@@ -88,7 +88,7 @@ def write_trace(path: Path, n: int = 4000) -> pd.DataFrame:
 def test_fit_round_trip_through_the_simulator(tmp_path, capsys):
     from hydra import compose, initialize_config_dir
 
-    from simsched.__main__ import CONFIG_DIR
+    from simsched.app.paths import config_dir
     from simsched.config import register_configs
     from simsched.run import simulate_config
 
@@ -101,7 +101,7 @@ def test_fit_round_trip_through_the_simulator(tmp_path, capsys):
     text = out.read_text()
     assert "simsched.workloads.arrivals.WindowedGamma" in text and "# Alternative arrivals (gamma)" in text
     register_configs()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("config", overrides=[f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "workload=fitted",
                                            "tracking=none", "output.plots=false"])
     assert cfg.workload.name == "fitted" and cfg.workload.num_requests == len(trace)

@@ -39,12 +39,12 @@ def test_short_and_single_request_workloads():
 def test_every_run_reports_its_workload(tmp_path, capsys):
     from hydra import compose, initialize_config_dir
 
-    from simsched.__main__ import CONFIG_DIR
+    from simsched.app.paths import config_dir
     from simsched.config import register_configs
     from simsched.run import run
 
     register_configs()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("config", overrides=["workload=poisson", "workload.num_requests=400", "tracking=none",
                                            "output.plots=false"])
     run(cfg, tmp_path)

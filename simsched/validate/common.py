@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from simsched.cluster import Gpus
-from simsched.engine import SimResult, simulate
+from simsched.engines.run_to_completion import SimResult, simulate
 from simsched.predictor import Oracle
 from simsched.workloads.arrivals import Poisson
 from simsched.workloads.lengths import Fixed

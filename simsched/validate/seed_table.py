@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from simsched.engine import COMPLETED
+from simsched.engines.run_to_completion import COMPLETED
 from simsched.metrics import compute_metrics
 from simsched.validate.common import Settings, rng, run_sim, save
 from simsched.validate.stats import CheckResult, Row, fmt, mean_ci
@@ -43,12 +43,12 @@ def presets(mode: str, overrides: list[str]) -> Any:
     """The project's components for ``scheduler=mode`` plus overrides (Hydra compose)."""
     from hydra import compose, initialize_config_dir
 
-    from simsched.__main__ import CONFIG_DIR
+    from simsched.app.paths import config_dir
     from simsched.config import register_configs
     from simsched.run import build_components
 
     register_configs()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3", job_name="validate"):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3", job_name="validate"):
         cfg = compose(config_name="config", overrides=[f"scheduler={mode}", "tracking=none", *overrides])
     return build_components(cfg)
 

@@ -8,7 +8,7 @@ violates if its TBT exceeds 50 ms (``sla.tbt_s``) or its end-to-end latency exce
 under run-to-completion batching a scheduler that caps b never breaks the TBT budget, however
 long its queue, so without a latency deadline "capacity under a TBT SLA" would be unbounded.
 
-The capacity search is the project's ``simsched.capacity.find_capacity`` (bisection on λ), run
+The capacity search is the project's ``simsched.capacity_search.find_capacity`` (bisection on λ), run
 once per replication, so each replication gives its own capacity and the CI comes from them.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from simsched.batchers import DynamicBatcher, FixedBatcher
-from simsched.capacity import find_capacity
+from simsched.capacity_search import find_capacity
 from simsched.latency import Affine
 from simsched.metrics import Sla, Window, compute_metrics
 from simsched.scheduler import Scheduler
@@ -138,7 +138,7 @@ def run(settings: Settings, out: Path) -> CheckResult:
         "binds (the check isolates the SLA controller; Algorithm 1 is on but slack). SLA: TBT ≤ 50 ms "
         f"(`sla.tbt_s`) and end-to-end latency ≤ {SLA.latency_s:g} s (needed: with run-to-completion batching a "
         "scheduler that caps b never breaks the TBT budget, however long its queue). Capacity = the largest "
-        f"λ with `sla_violation_rate` ≤ {TARGET:.0%}, found by `simsched.capacity.find_capacity` (bisection on λ, "
+        f"λ with `sla_violation_rate` ≤ {TARGET:.0%}, found by `simsched.capacity_search.find_capacity` (bisection on λ, "
         "1% bracket) separately for each of "
         f"{reps} replications (twice the suite's number: one capacity per replication is noisy; {n:,} "
         "requests each; replication r uses the same requests at every λ and for every scheduler), so the CI "

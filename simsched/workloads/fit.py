@@ -343,7 +343,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m simsched.workloads.fit", description=__doc__.split("\n\n")[0])
     p.add_argument("file", help="trace CSV (BurstGPT or Azure schema, detected from the header)")
     p.add_argument("--name", help="workload name (default: the --out file's stem, else fit_<trace file stem>)")
-    p.add_argument("--out", help="YAML to write (default: the project's conf/workload/<name>.yaml)")
+    p.add_argument("--out", help="YAML to write (default: outputs/workload_fit/<date>_<time>/workload/<name>.yaml)")
     p.add_argument("--plot", help="PNG to write (default: beside the YAML, <name>.png)")
     p.add_argument("--force", action="store_true", help="overwrite an existing YAML")
     p.add_argument("--arrivals", choices=("windowed", "gamma", "onoff"), default="windowed",
@@ -374,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from simsched.__main__ import CONFIG_DIR
+    import time
+
     from simsched.workloads.trace_files import BURSTGPT, match_schema
     from simsched.workloads.traces import replay_for
 
@@ -387,7 +388,8 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(args.file, "--model and --log-type apply to BurstGPT traces only")
     name = args.name or (Path(args.out).stem if args.out else
                          "fit_" + re.sub(r"[^A-Za-z0-9_]+", "_", Path(args.file).stem))
-    out = Path(args.out) if args.out else Path(CONFIG_DIR) / "workload" / f"{name}.yaml"
+    out = Path(args.out) if args.out else (Path("outputs") / "workload_fit" / time.strftime("%Y-%m-%d_%H-%M-%S")
+                                           / "workload" / f"{name}.yaml")
     if out.exists() and not args.force:
         raise InputError(str(out), "exists; pass --force to overwrite or --out to write elsewhere")
     req = replay_for(args.file, **options).select()
@@ -400,9 +402,7 @@ def _run(args: argparse.Namespace) -> int:
     plot = Path(args.plot) if args.plot else out.with_suffix(".png")
     plot_fit(plot, fit, synthetic, f"{Path(args.file).name}: trace vs fitted workload '{name}'")
     print(f"wrote {out} and {plot}")
-    if out.parent.resolve() == (Path(CONFIG_DIR) / "workload").resolve():
-        print(f"run it: python -m simsched workload={out.stem}")
-    elif out.parent.name == "workload":
+    if out.parent.name == "workload":
         print(f"run it: python -m simsched 'hydra.searchpath=[file://{out.parent.parent.resolve()}]' "
               f"workload={out.stem}")
     else:

@@ -69,16 +69,15 @@ class SweepContext:
         return None
 
 
-SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"
-
-
-def register_sweeps(sweeps_dir: Path = SWEEPS_DIR) -> None:
+def register_sweeps(sweeps_dir: Path | None = None) -> None:
     """Make each ``sweeps/NAME.yaml`` the option ``NAME`` of the config group ``sweep`` (package
     ``_global_``), so ``+sweep=NAME`` selects it. Idempotent."""
     from hydra.core.config_store import ConfigStore
 
+    from simsched.app.paths import sweeps_dir as default_sweeps_dir
+
     cs = ConfigStore.instance()
-    for path in sorted(Path(sweeps_dir).glob("*.yaml")):
+    for path in sorted(Path(sweeps_dir or default_sweeps_dir()).glob("*.yaml")):
         cs.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
 
@@ -142,7 +141,7 @@ def _tracking_for(cfg: DictConfig, ctx: SweepContext | None) -> DictConfig:
 
 def job_tags(cfg: DictConfig, ctx: SweepContext | None, overrides: list[str], num: int) -> dict[str, str]:
     """Tags of a sweep job's run: its sweep, number, overrides and a readable run name."""
-    from simsched.capacity import arrival_rate
+    from simsched.workloads.rates import arrival_rate
 
     shown = [o for o in overrides if not o.lstrip("+~").startswith(("hydra", "sweep="))]
     rate = arrival_rate(cfg)
@@ -275,7 +274,7 @@ class SweepCallback(Callback):
         files: list[Path] = []
         table = None
         try:
-            from simsched import report
+            from simsched.app import report
 
             table = report.collect(sweep_dir)
             if self.report:

@@ -1,0 +1,1 @@
+"""simsched's named sweeps (``+sweep=NAME``), shipped in the package as ``simsched.sweeps``."""
