@@ -7,7 +7,7 @@ request whose scheduled tokens reach its last known token), and writes one gzip 
 scenario and scheduler to tests/data/vllm/ (format: tests/data/vllm/README.md; semantics:
 docs/vllm_v1_scheduler.md).
 
-Minimal install (no GPU, no weights; about 2.1 GB and 4 minutes here, see the README):
+Minimal install (no GPU, no weights; 2.2 GB and 3 min 43 s here, tests/data/vllm/README.md):
 
     python3 -m venv /path/to/vllm-venv && . /path/to/vllm-venv/bin/activate
     pip install --upgrade pip
@@ -37,7 +37,8 @@ from typing import Any, Callable
 # The Model Runner V2 is what a GPU install runs by default (VllmConfig.use_v2_model_runner:
 # Triton present, no unsupported feature); pin it so the recording does not depend on whether
 # this CPU venv happens to hold triton. The scheduler's decisions do not depend on it at
-# pipeline-parallel size 1 without speculative decoding (checked: --check-runner-v1).
+# pipeline-parallel size 1 without speculative decoding (checked: VLLM_USE_V2_MODEL_RUNNER=0
+# records identical steps for every scenario).
 os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "1")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
