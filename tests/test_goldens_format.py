@@ -2,8 +2,9 @@
 
 They are recorded from vLLM 0.33.0's real scheduler by tests/conformance/record_vllm.py (not
 run here: it needs vllm). These tests need no vllm: they check each file's invariants
-(tests/vllm_goldens.py), that each scenario still exercises what its name says, and that a
-corrupted copy is caught.
+(tests/vllm_goldens.py), that each scenario still exercises what its name says, that a
+corrupted copy is caught, and that the rules written in docs/vllm_v1_scheduler.md, transcribed
+in tests/vllm_spec_model.py, reproduce every golden step for step.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import pytest
 from vllm_goldens import (GOLDEN_DIR, cdiv, check_golden, effective_output_len, golden_paths,
                           load_golden)
+from vllm_spec_model import first_difference
 
 PATHS = golden_paths()
 NAMES = sorted({p.name.split("__")[0] for p in PATHS})
@@ -41,6 +43,19 @@ def test_golden_invariants(path):
     check_golden(doc, path.name)
     assert doc["scenario"] == path.name.split("__")[0]
     assert doc["async_scheduling"] == path.name.endswith("__async.json.gz")
+
+
+@pytest.mark.parametrize("path", PATHS, ids=[p.name for p in PATHS])
+def test_spec_document_reproduces_golden(path):
+    """docs/vllm_v1_scheduler.md, transcribed (tests/vllm_spec_model.py), gives vLLM's steps."""
+    assert first_difference(load_golden(path)) is None
+
+
+def test_spec_model_notices_a_different_trace():
+    doc = golden("priority", "sync")
+    step = next(s for s in doc["steps"] if s["preempted"])
+    step["preempted"] = step["preempted"][::-1] + ["r0"]
+    assert "preempted" in first_difference(doc)
 
 
 def _all(name: str):
