@@ -27,12 +27,13 @@ import argparse
 import gzip
 import json
 import os
+import random
 import sys
 import tempfile
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # The Model Runner V2 is what a GPU install runs by default (VllmConfig.use_v2_model_runner:
 # Triton present, no unsupported feature); pin it so the recording does not depend on whether
@@ -41,8 +42,6 @@ from typing import Any, Callable
 # records identical steps for every scenario).
 os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "1")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-
-import random  # noqa: E402
 
 VLLM_VERSION = "0.33.0"
 RECORDER = "python tests/conformance/record_vllm.py --out tests/data/vllm [--only NAME]"
