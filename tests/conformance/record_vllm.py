@@ -225,7 +225,7 @@ def scenarios() -> list[Scenario]:
     shared = _reqs(rows)
     out.append(Scenario(
         "prefix_cache",
-        "Shared prefixes (Mooncake hash_ids): hits, same-step hits, LRU eviction of freed blocks",
+        "Shared prefixes (Mooncake hash_ids): hits, same-step hits, the last block recomputed",
         shared, num_gpu_blocks=40, max_num_batched_tokens=256, max_model_len=512,
     ))
     out.append(Scenario(
