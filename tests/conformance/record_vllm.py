@@ -203,7 +203,7 @@ def scenarios() -> list[Scenario]:
     ))
     out.append(Scenario(
         "priority_prefix_cache",
-        "As priority, with prefix caching on (self re-hits after preemption)",
+        "As priority with prefix caching on: freed blocks are cached and evicted (no hit here)",
         prio, policy="priority", num_gpu_blocks=30, max_num_batched_tokens=128,
         max_model_len=256,
     ))
