@@ -10,6 +10,10 @@ back to numba's user cache folder), so only the first large run after an install
 
 ``SIMSCHED_JIT=0`` forces the Python path and ``SIMSCHED_JIT=1`` forces compilation, whatever
 the size (tests use both to check that the two agree).
+
+A kernel may call helper functions marked ``@jitable``: plain Python functions that, when a
+kernel that reaches them is compiled, are registered with numba (``register_jitable``) so the
+compiled kernel calls their compiled form while Python callers keep the plain function.
 """
 from __future__ import annotations
 
@@ -22,12 +26,33 @@ F = TypeVar("F", bound=Callable)
 MIN_COMPILED_REQUESTS = 2000
 
 
+def jitable(fn: F) -> F:
+    """Mark ``fn`` as a helper that compiled kernels may call (see the module docstring)."""
+    fn.__dict__["_simsched_jitable"] = True
+    return fn
+
+
+def _register_helpers(fn: Callable) -> None:
+    """Register with numba every ``@jitable`` function reachable from ``fn``'s globals."""
+    from numba.extending import register_jitable
+
+    todo = [fn]
+    while todo:
+        for value in list(todo.pop().__globals__.values()):
+            if (callable(value) and getattr(value, "__dict__", {}).get("_simsched_jitable")
+                    and not value.__dict__.get("_simsched_registered")):
+                register_jitable(value)
+                value.__dict__["_simsched_registered"] = True
+                todo.append(value)
+
+
 def compiled(fn: F) -> F:
     """The numba ``njit(cache=True)`` version of ``fn`` (compiled at its first call)."""
     cache = fn.__dict__.get("_simsched_compiled")
     if cache is None:
         import numba
 
+        _register_helpers(fn)
         cache = numba.njit(cache=True, nogil=True)(fn)
         fn.__dict__["_simsched_compiled"] = cache
     return cache
