@@ -24,7 +24,7 @@ ROOT = 1 * LANE + 1 + 1          # the key of the empty prefix (vLLM's NONE_HASH
 UNIQUE_SALT = 7919
 
 
-@jitable
+@jitable(inline=True)
 def mix(key: int, x: int) -> int:
     """The chained key after folding the value ``x`` (any int64) into ``key``."""
     k = key - 1
@@ -37,7 +37,7 @@ def mix(key: int, x: int) -> int:
     return h1 * LANE + h2 + 1
 
 
-@jitable
+@jitable(inline=True)
 def block_key(parent: int, req: int, j: int, prompt: int, block_size: int, hb: int,
               hash_off, hash_val) -> int:
     """The hash of request ``req``'s block ``j`` (tokens ``j*bs .. (j+1)*bs-1``), chained to

@@ -32,8 +32,11 @@ import math
 
 from simsched.engines.continuous.block_pool import admit_blocks_needed, cache_blocks, find_cache_hit, get_new_blocks
 from simsched.engines.continuous.schedule import log_event
-from simsched.engines.continuous.state import (C_EVENTS, C_JUMPED_STEPS, C_JUMPS, C_STEPS, EV_SCHEDULED, EV_STEP,
-                                              POLICY_FCFS)
+from simsched.engines.continuous.state import (C_EVENTS, C_JUMPED_STEPS, C_JUMPS, C_STEPS, COMPUTED, EV_SCHEDULED,
+                                              EV_STEP, GPU, IDS, IN_FLIGHT, ITL_MAX, LF_TS_NEXT, MAX_TOKENS, N_FREE,
+                                              N_OUT, NTOK, P_COUNT, P_HEAD, P_LEN, PF, PLACEHOLDERS, PLAN_F,
+                                              POLICY_FCFS, PROD, PROMPT, REP_END, REP_NEXT, ROW, ROW_N, RUN_LEN,
+                                              STALE, STEPS, T_FIRST_TOKEN, T_LAST_TOKEN, TICK, WQ_LEN)
 from simsched.engines.continuous.step_time import gpu_time, tick_length
 from simsched.engines.continuous.update import record_itl
 from simsched.engines.continuous.waiting_queue import wq_peek
@@ -41,33 +44,41 @@ from simsched.jit import jitable
 
 
 @jitable
-def _crossings(S, B, bs, m):
-    """Blocks the first m jumped steps take (request r crosses at steps i0_r, i0_r + bs, ...)."""
+def _crossings(S, B, bs, m, i0_at):
+    """Blocks the first m jumped steps take (request k crosses at steps i0_k, i0_k + bs, ...)."""
     total = 0
     for k in range(B):
-        i0 = S.ff_i0[k]
+        i0 = S.scratch[i0_at + k]
         if m > i0:
             total += (m - 1 - i0) // bs + 1
     return total
 
 
-@jitable
+@jitable(inline=True)
 def _tick_len(P, B, ctx0, i, g_first):
     """Length of the i-th jumped tick: sync, the jumped step i itself; async, the step on the
     GPU during tick i (the plan already in flight for i = 0, jumped step i − 1 after)."""
     if P.async_sched:
         if i == 0:
             return tick_length(P, 0.0, g_first)
-        return tick_length(P, 0.0, gpu_time(P, 0.0, B, ctx0 + B * (i - 1), 0.0))
-    return tick_length(P, gpu_time(P, 0.0, B, ctx0 + B * i, 0.0), 0.0)
+        return tick_length(P, 0.0, gpu_time(P, 0.0, 1.0 * B, ctx0 + B * (i - 1), 0.0))
+    return tick_length(P, gpu_time(P, 0.0, 1.0 * B, ctx0 + B * i, 0.0), 0.0)
 
 
 @jitable
-def _next_arrival(Q, S, g):
-    k = S.rep_next[g]
-    if k < S.rep_off[g + 1]:
-        return Q.arrival[S.rep_reqs[k]]
-    return math.inf
+def _set_decode_plan(P, S, g, slot, B, ctx):
+    """Plan ``slot`` = every running request decoding one token (context sum ``ctx``)."""
+    for k in range(B):
+        S.plan[g, slot, IDS, k] = S.run[g, k]
+        S.plan[g, slot, NTOK, k] = 1
+        S.plan[g, slot, PROD, k] = 1
+    S.si[g, P_LEN + slot] = B
+    base = PLAN_F + 5 * slot
+    S.sf[g, base + PF] = 0.0
+    S.sf[g, base + 1] = 1.0 * B
+    S.sf[g, base + 2] = ctx
+    S.sf[g, base + 3] = 0.0
+    S.sf[g, base + GPU] = gpu_time(P, 0.0, 1.0 * B, ctx, 0.0)
 
 
 @jitable
@@ -76,92 +87,99 @@ def try_jump(P, Q, R, S, K, L, g, t):
     docstring); returns whether it did."""
     if not P.fast_forward:
         return False
-    B = S.run_len[g]
+    ri = R.ri
+    rf = R.rf
+    B = S.si[g, RUN_LEN]
     if B < 1 or B > P.max_batched:
         return False
     bs = P.block_size
-    hs = S.p_head[g]
+    S_max = S.run.shape[1]
+    i0_at = S_max + 1                      # scratch sections (state.scratch_layout)
+    order_at = 2 * S_max + 1
+    start_at = 3 * S_max + 1
+    hs = S.si[g, P_HEAD]
     if P.async_sched:
-        if S.p_count[g] != 1 or S.p_len[g, hs] != B:
+        if S.si[g, P_COUNT] != 1 or S.si[g, P_LEN + hs] != B:
             return False
         for k in range(B):
-            if S.p_prod[g, hs, k] == 0:
+            if S.plan[g, hs, PROD, k] == 0:
                 return False
-    elif S.p_count[g] != 0:
+    elif S.si[g, P_COUNT] != 0:
         return False
     m_lim = 1 << 62
     ctx0 = 0.0
-    x0 = 0
     for k in range(B):
         i = S.run[g, k]
-        if R.stale[i] != 0:
+        if ri[i, STALE] != 0:
             return False
+        c = ri[i, COMPUTED]
         if P.async_sched:
-            if R.ph[i] != 1 or R.computed[i] != Q.prompt[i] + R.n_out[i]:
+            if ri[i, PLACEHOLDERS] != 1 or c != Q.qi[i, PROMPT] + ri[i, N_OUT]:
                 return False
-            rem = Q.max_tokens[i] - R.n_out[i] - 1
+            rem = Q.qi[i, MAX_TOKENS] - ri[i, N_OUT] - 1
         else:
-            if R.ph[i] != 0 or R.n_out[i] < 1 or R.computed[i] != Q.prompt[i] + R.n_out[i] - 1:
+            if ri[i, PLACEHOLDERS] != 0 or ri[i, N_OUT] < 1 or c != Q.qi[i, PROMPT] + ri[i, N_OUT] - 1:
                 return False
-            rem = Q.max_tokens[i] - R.n_out[i]
+            rem = Q.qi[i, MAX_TOKENS] - ri[i, N_OUT]
         if rem < m_lim:
             m_lim = rem
-        i0 = K.row_n[R.row[i]] * bs - R.computed[i]
+        i0 = K.rows[ri[i, ROW], ROW_N] * bs - c
         if i0 < 0 or i0 >= bs:
             return False
-        S.ff_i0[k] = i0
-        if i0 == 0:
-            x0 += 1
-        ctx0 += R.computed[i] + 1.0
-    if m_lim < 2 or x0 > K.n_free[g]:
+        S.scratch[i0_at + k] = i0
+        ctx0 += c + 1.0
+    free = K.ki[g, N_FREE]
+    if m_lim < 2 or _crossings(S, B, bs, 2, i0_at) > free:
         return False
-
-    # The WAITING head must stay blocked; otherwise arrivals bound the run.
     arrival_bound = math.inf
-    W = S.wq_len[g]
-    if W == 0:
-        arrival_bound = _next_arrival(Q, S, g)
-    else:
+    if S.si[g, WQ_LEN] == 0 or P.policy != POLICY_FCFS:
+        nxt = S.si[g, REP_NEXT]
+        if nxt < S.si[g, REP_END]:
+            arrival_bound = Q.arrival[S.rep_reqs[nxt]]
+    g_first = S.sf[g, PLAN_F + 5 * hs + GPU]
+    s_next = L.lf[LF_TS_NEXT]
+    t1 = t + _tick_len(P, B, ctx0, 0, g_first)
+    if not (t1 < arrival_bound and t1 <= P.horizon and t1 <= s_next):
+        return False                       # not even two steps fit before the next event
+
+    # The WAITING head must stay blocked (otherwise arrivals bound the run, above).
+    if S.si[g, WQ_LEN] > 0:
         budget_left = P.max_batched - B
         if budget_left > 0 and B < P.max_seqs:
-            h = wq_peek(P, Q, S, g)
-            if R.stale[h] > 0:
+            h = wq_peek(P, S, g)
+            if ri[h, STALE] > 0:
                 return False
             n_hit, _ = find_cache_hit(P, Q, R, K, g, h)
-            new = Q.prompt[h] + R.n_out[h] - n_hit * bs
+            new = Q.qi[h, PROMPT] + ri[h, N_OUT] - n_hit * bs
             if 0 < P.lpt < new:
                 new = P.lpt
             if new > budget_left:
                 new = budget_left
             gate_need, need = admit_blocks_needed(P, Q, R, K, g, h, n_hit, new, True)
-            free0 = K.n_free[g] - x0
+            free0 = free - _crossings(S, B, bs, 1, i0_at)   # after step 0's allocations
             if (not P.gate or gate_need <= free0) and need <= free0:
                 return False
-        if P.policy != POLICY_FCFS:
-            arrival_bound = _next_arrival(Q, S, g)
 
     # Largest m the free blocks allow (crossings are monotone in m).
     lo = 1
     hi = m_lim
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if _crossings(S, B, bs, mid) <= K.n_free[g]:
+        if _crossings(S, B, bs, mid, i0_at) <= free:
             lo = mid
         else:
             hi = mid - 1
     m_lim = lo
     if P.record_steps:
-        room = len(L.st_t) - L.counters[C_STEPS]
+        room = len(L.steps) - L.counters[C_STEPS]
         if room < m_lim:
             m_lim = room
     if P.record_events:
-        room = (len(L.ev_kind) - L.counters[C_EVENTS]) // (B + 1)
+        room = (len(L.ev) - L.counters[C_EVENTS]) // (B + 1)
         if room < m_lim:
             m_lim = room
     # Schedules must happen before the next arrival (when it matters), at or before the
     # horizon and the next time-series sample.
-    g_first = S.p_gpu[g, hs]
-    s_next = L.ts_next[0]
     m = 0
     ti = t
     while m < m_lim and ti < arrival_bound and ti <= P.horizon and ti <= s_next:
@@ -172,48 +190,48 @@ def try_jump(P, Q, R, S, K, L, g, t):
 
     # Bucket the running requests by the step (mod bs) at which they cross a block boundary.
     for p in range(bs + 1):
-        S.ff_start[p] = 0
+        S.scratch[start_at + p] = 0
     for k in range(B):
-        S.ff_start[S.ff_i0[k] + 1] += 1
+        S.scratch[start_at + S.scratch[i0_at + k] + 1] += 1
     for p in range(bs):
-        S.ff_start[p + 1] += S.ff_start[p]
+        S.scratch[start_at + p + 1] += S.scratch[start_at + p]
     for k in range(B):
-        p = S.ff_i0[k]
-        S.ff_order[S.ff_start[p]] = k
-        S.ff_start[p] += 1
+        p = S.scratch[i0_at + k]
+        S.scratch[order_at + S.scratch[start_at + p]] = k
+        S.scratch[start_at + p] += 1
     for p in range(bs, 0, -1):
-        S.ff_start[p] = S.ff_start[p - 1]
-    S.ff_start[0] = 0
+        S.scratch[start_at + p] = S.scratch[start_at + p - 1]
+    S.scratch[start_at] = 0
 
-    step0 = S.steps[g]
+    step0 = S.si[g, STEPS]
     ti = t
     t_first = t                           # t_1: the first update of the run
     t_last = t                            # t_{m-1}: the last one
     gap_max = 0.0
     for i in range(m):
         p = i % bs
-        for q in range(S.ff_start[p], S.ff_start[p + 1]):
-            r = S.run[g, S.ff_order[q]]
-            get_new_blocks(K, g, R.row[r], 1)
+        for q in range(S.scratch[start_at + p], S.scratch[start_at + p + 1]):
+            r = S.run[g, S.scratch[order_at + q]]
+            get_new_blocks(K, g, ri[r, ROW], 1)
         d = _tick_len(P, B, ctx0, i, g_first)
         if P.record_events:
             for k in range(B):
                 log_event(L, step0 + i + 1, EV_SCHEDULED, S.run[g, k], 1)
-            log_event(L, step0 + i + 1, EV_STEP, g, K.n_free[g])
+            log_event(L, step0 + i + 1, EV_STEP, g, K.ki[g, N_FREE])
         if P.record_steps:
             c = L.counters[C_STEPS]
-            L.st_g[c] = g
-            L.st_t[c] = ti
-            L.st_dur[c] = d
-            L.st_nsched[c] = B
-            L.st_pf[c] = 0
-            L.st_dec[c] = B
-            L.st_ctx[c] = int(ctx0) + B * i
-            L.st_pre[c] = 0
-            L.st_adm[c] = 0
-            L.st_free[c] = K.n_free[g]
-            L.st_run[c] = B
-            L.st_wait[c] = S.wq_len[g]
+            L.steps[c, 0] = g
+            L.steps[c, 1] = ti
+            L.steps[c, 2] = d
+            L.steps[c, 3] = B
+            L.steps[c, 4] = 0
+            L.steps[c, 5] = B
+            L.steps[c, 6] = ctx0 + B * i
+            L.steps[c, 7] = 0
+            L.steps[c, 8] = 0
+            L.steps[c, 9] = K.ki[g, N_FREE]
+            L.steps[c, 10] = B
+            L.steps[c, 11] = S.si[g, WQ_LEN]
             L.counters[C_STEPS] = c + 1
         t_prev = ti
         ti = ti + d                       # t_{i+1}: an update is emitted here if i <= m - 2
@@ -226,50 +244,39 @@ def try_jump(P, Q, R, S, K, L, g, t):
             record_itl(L, gap, 1.0 * B)
         if i == m - 2:
             t_last = ti
-    tm = ti
 
     for k in range(B):
         i = S.run[g, k]
-        if R.n_out[i] == 0:
-            R.t_first_tok[i] = t_first
+        if ri[i, N_OUT] == 0:
+            rf[i, T_FIRST_TOKEN] = t_first
         else:
-            gap0 = t_first - R.t_last_tok[i]
-            if gap0 > R.itl_max[i]:
-                R.itl_max[i] = gap0
+            gap0 = t_first - rf[i, T_LAST_TOKEN]
+            if gap0 > rf[i, ITL_MAX]:
+                rf[i, ITL_MAX] = gap0
             record_itl(L, gap0, 1.0)
-        if gap_max > R.itl_max[i]:
-            R.itl_max[i] = gap_max
-        R.t_last_tok[i] = t_last
-        R.computed[i] += m
-        R.n_out[i] += m - 1
+        if gap_max > rf[i, ITL_MAX]:
+            rf[i, ITL_MAX] = gap_max
+        rf[i, T_LAST_TOKEN] = t_last
+        ri[i, COMPUTED] += m
+        ri[i, N_OUT] += m - 1
         if P.async_sched:
-            R.ph[i] = 2
-            R.inflight[i] = 2
+            ri[i, PLACEHOLDERS] = 2
+            ri[i, IN_FLIGHT] = 2
         else:
-            R.ph[i] = 0
-            R.inflight[i] = 1
-        cache_blocks(P, Q, R, K, g, i, R.computed[i])
+            ri[i, PLACEHOLDERS] = 0
+            ri[i, IN_FLIGHT] = 1
+        cache_blocks(P, Q, R, K, g, i, ri[i, COMPUTED])
 
     # The plans left in flight: jumped steps m − 1 (sync) or m − 2 and m − 1 (async).
     first = m - 2 if P.async_sched else m - 1
     slot = hs
     for j in range(first, m):
-        for k in range(B):
-            S.p_ids[g, slot, k] = S.run[g, k]
-            S.p_n[g, slot, k] = 1
-            S.p_prod[g, slot, k] = 1
-        ctx = ctx0 + B * j
-        S.p_len[g, slot] = B
-        S.p_stats[g, slot, 0] = 0.0
-        S.p_stats[g, slot, 1] = 1.0 * B
-        S.p_stats[g, slot, 2] = ctx
-        S.p_stats[g, slot, 3] = 0.0
-        S.p_gpu[g, slot] = gpu_time(P, 0.0, B, ctx, 0.0)
+        _set_decode_plan(P, S, g, slot, B, ctx0 + B * j)
         slot = 1 - slot
-    S.p_head[g] = hs
-    S.p_count[g] = m - first
-    S.steps[g] += m
-    S.tick[g] = tm
+    S.si[g, P_HEAD] = hs
+    S.si[g, P_COUNT] = m - first
+    S.si[g, STEPS] += m
+    S.sf[g, TICK] = ti
     L.counters[C_JUMPS] += 1
     L.counters[C_JUMPED_STEPS] += m
     return True

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import math
 
-from simsched.engines.continuous.block_pool import cdiv
+from simsched.engines.continuous.block_pool import never_fits
 from simsched.engines.continuous.fast_forward import try_jump
 from simsched.engines.continuous.schedule import log_event, schedule
-from simsched.engines.continuous.state import (C_ARRIVAL_PTR, C_EVENTS, C_STEPS, C_TICKS, C_TS, EV_STEP,
-                                              FINISHED, R_EMPTY, R_KV, R_MAX_LEN, REJECTED, WAITING)
+from simsched.engines.continuous.state import (C_ARRIVAL_PTR, C_EVENTS, C_STEPS, C_TICKS, C_TS, EV_STEP, EV_UPDATE,
+                                              GPU, LF_TS_NEXT, N_FREE, NBLK, P_COUNT, P_HEAD, P_LEN, PF, PLAN_F,
+                                              REASON, REJECTED, REP_NEXT, REPLICA, RUN_LEN, STATUS, STEPS, TICK,
+                                              WAITING, WQ_LEN)
 from simsched.engines.continuous.step_time import tick_length
 from simsched.engines.continuous.update import update_from_output
 from simsched.engines.continuous.waiting_queue import wq_push_back
@@ -38,42 +40,35 @@ DONE, PAUSE_TS, PAUSE_STEPS, PAUSE_EVENTS, PAUSE_BUDGET = 0, 1, 2, 3, 4
 @jitable
 def route(P, Q, R, S, K, i, t):
     """Admit request ``i`` to its replica's WAITING queue at time ``t``, or reject it."""
-    g = Q.replica[i]
-    S.rep_next[g] += 1
-    total = Q.prompt[i] + Q.max_tokens[i]
-    if Q.prompt[i] < 1:
-        R.status[i] = REJECTED
-        R.reason[i] = R_EMPTY
+    g = Q.qi[i, REPLICA]
+    S.si[g, REP_NEXT] += 1
+    why = never_fits(P, Q, K, g, i)
+    if why != 0:
+        R.ri[i, STATUS] = REJECTED
+        R.ri[i, REASON] = why
         return
-    if total > P.max_model_len:
-        R.status[i] = REJECTED
-        R.reason[i] = R_MAX_LEN
-        return
-    if cdiv(total - 1, P.block_size) > K.nblk[g] - 1:
-        R.status[i] = REJECTED
-        R.reason[i] = R_KV
-        return
-    R.status[i] = WAITING
+    R.ri[i, STATUS] = WAITING
     wq_push_back(P, Q, S, g, i)
-    if S.tick[g] == math.inf:
-        S.tick[g] = t
+    if S.sf[g, TICK] == math.inf:
+        S.sf[g, TICK] = t
 
 
 @jitable
-def record_step(P, S, K, L, g, t, dur, slot, n_pre, n_adm):
+def record_step(S, K, L, g, t, dur, slot, n_pre, n_adm):
     k = L.counters[C_STEPS]
-    L.st_g[k] = g
-    L.st_t[k] = t
-    L.st_dur[k] = dur
-    L.st_nsched[k] = S.p_len[g, slot]
-    L.st_pf[k] = int(S.p_stats[g, slot, 0])
-    L.st_dec[k] = int(S.p_stats[g, slot, 1])
-    L.st_ctx[k] = int(S.p_stats[g, slot, 2])
-    L.st_pre[k] = n_pre
-    L.st_adm[k] = n_adm
-    L.st_free[k] = K.n_free[g]
-    L.st_run[k] = S.run_len[g]
-    L.st_wait[k] = S.wq_len[g]
+    base = PLAN_F + 5 * slot
+    L.steps[k, 0] = g
+    L.steps[k, 1] = t
+    L.steps[k, 2] = dur
+    L.steps[k, 3] = S.si[g, P_LEN + slot]
+    L.steps[k, 4] = S.sf[g, base + PF]
+    L.steps[k, 5] = S.sf[g, base + 1]
+    L.steps[k, 6] = S.sf[g, base + 2]
+    L.steps[k, 7] = n_pre
+    L.steps[k, 8] = n_adm
+    L.steps[k, 9] = K.ki[g, N_FREE]
+    L.steps[k, 10] = S.si[g, RUN_LEN]
+    L.steps[k, 11] = S.si[g, WQ_LEN]
     L.counters[C_STEPS] = k + 1
 
 
@@ -82,47 +77,52 @@ def tick(P, Q, R, S, K, L, g, t):
     """One tick of replica ``g`` at time ``t``."""
     L.counters[C_TICKS] += 1
     depth = 2 if P.async_sched else 1
-    if S.p_count[g] == depth:
-        slot = S.p_head[g]
-        update_from_output(P, Q, R, S, K, L, g, slot, t, S.steps[g] - depth + 1)
-        S.p_head[g] = 1 - slot
-        S.p_count[g] -= 1
+    if S.si[g, P_COUNT] == depth:
+        slot = S.si[g, P_HEAD]
+        step = S.si[g, STEPS] - depth + 1
+        update_from_output(P, Q, R, S, K, L, g, slot, t, step)
+        if P.record_events:
+            log_event(L, step, EV_UPDATE, g, K.ki[g, N_FREE])
+        S.si[g, P_HEAD] = 1 - slot
+        S.si[g, P_COUNT] -= 1
     if try_jump(P, Q, R, S, K, L, g, t):
         return
-    slot = S.p_head[g] if S.p_count[g] == 0 else 1 - S.p_head[g]
+    count = S.si[g, P_COUNT]
+    slot = S.si[g, P_HEAD] if count == 0 else 1 - S.si[g, P_HEAD]
     n_pre, n_adm = schedule(P, Q, R, S, K, L, g, t, slot)
     if P.record_events:
-        log_event(L, S.steps[g], EV_STEP, g, K.n_free[g])
-    empty = S.p_len[g, slot] == 0
+        log_event(L, S.si[g, STEPS], EV_STEP, g, K.ki[g, N_FREE])
     in_flight = 0.0
-    busy = S.p_count[g] == 1 and S.p_len[g, S.p_head[g]] > 0
-    if S.p_count[g] == 1:
-        in_flight = S.p_gpu[g, S.p_head[g]]
-    if empty and not busy:
-        if S.run_len[g] == 0 and S.wq_len[g] == 0:
-            S.p_count[g] = 0
-            S.tick[g] = math.inf           # idle until an arrival
+    busy = False
+    if count == 1:
+        head = S.si[g, P_HEAD]
+        in_flight = S.sf[g, PLAN_F + 5 * head + GPU]
+        busy = S.si[g, P_LEN + head] > 0
+    if S.si[g, P_LEN + slot] == 0 and not busy:
+        if S.si[g, RUN_LEN] == 0 and S.si[g, WQ_LEN] == 0:
+            S.si[g, P_COUNT] = 0
+            S.sf[g, TICK] = math.inf       # idle until an arrival
             return
         raise RuntimeError("continuous engine: a step scheduled nothing while requests wait")
-    if S.p_count[g] == 0:
-        S.p_head[g] = slot
-    S.p_count[g] += 1
-    dur = tick_length(P, S.p_gpu[g, slot], in_flight)
+    if count == 0:
+        S.si[g, P_HEAD] = slot
+    S.si[g, P_COUNT] = count + 1
+    dur = tick_length(P, S.sf[g, PLAN_F + 5 * slot + GPU], in_flight)
     if P.record_steps:
-        record_step(P, S, K, L, g, t, dur, slot, n_pre, n_adm)
-    S.tick[g] = t + dur
+        record_step(S, K, L, g, t, dur, slot, n_pre, n_adm)
+    S.sf[g, TICK] = t + dur
 
 
 @jitable
-def sample(P, S, K, L, at):
+def sample(S, K, L, at):
     """One time-series row per replica: the state in effect at time ``at``."""
-    for g in range(len(S.tick)):
+    for g in range(len(S.si)):
         k = L.counters[C_TS]
-        L.ts_t[k] = at
-        L.ts_g[k] = g
-        L.ts_run[k] = S.run_len[g]
-        L.ts_wait[k] = S.wq_len[g]
-        L.ts_kv[k] = K.nblk[g] - 1 - K.n_free[g]
+        L.ts[k, 0] = at
+        L.ts[k, 1] = g
+        L.ts[k, 2] = S.si[g, RUN_LEN]
+        L.ts[k, 3] = S.si[g, WQ_LEN]
+        L.ts[k, 4] = K.ki[g, NBLK] - 1 - K.ki[g, N_FREE]
         L.counters[C_TS] = k + 1
 
 
@@ -131,7 +131,7 @@ def run_loop(P, Q, R, S, K, L, max_ticks):
     """Advance the simulation until it is done (DONE) or must pause (PAUSE_*)."""
     c = L.counters
     n = len(Q.arrival)
-    G = len(S.tick)
+    G = len(S.si)
     S_max = S.run.shape[1]
     budget = max_ticks
     while True:
@@ -139,33 +139,29 @@ def run_loop(P, Q, R, S, K, L, max_ticks):
         t_arr = Q.arrival[ap] if ap < n else math.inf
         g = 0
         for h in range(1, G):
-            if S.tick[h] < S.tick[g]:
+            if S.sf[h, TICK] < S.sf[g, TICK]:
                 g = h
-        t_tick = S.tick[g]
+        t_tick = S.sf[g, TICK]
         t_next = t_arr if t_arr <= t_tick else t_tick
         if t_next == math.inf:
             return DONE
         # Time-series samples for every boundary passed before the next event.
-        while L.ts_next[0] < t_next and L.ts_next[0] <= P.horizon:
-            if c[C_TS] + G > len(L.ts_t):
+        while L.lf[LF_TS_NEXT] < t_next and L.lf[LF_TS_NEXT] <= P.horizon:
+            if c[C_TS] + G > len(L.ts):
                 return PAUSE_TS
-            sample(P, S, K, L, L.ts_next[0])
-            L.ts_next[0] += P.ts_interval
+            sample(S, K, L, L.lf[LF_TS_NEXT])
+            L.lf[LF_TS_NEXT] += P.ts_interval
         if t_next > P.horizon:
             return DONE
         if t_arr <= t_tick:
             route(P, Q, R, S, K, ap, t_arr)
             c[C_ARRIVAL_PTR] = ap + 1
             continue
-        if P.record_steps and c[C_STEPS] + 1 > len(L.st_t):
+        if P.record_steps and c[C_STEPS] + 1 > len(L.steps):
             return PAUSE_STEPS
-        if P.record_events and c[C_EVENTS] + 4 * S_max + 8 > len(L.ev_kind):
+        if P.record_events and c[C_EVENTS] + 4 * S_max + 8 > len(L.ev):
             return PAUSE_EVENTS
         if budget <= 0:
             return PAUSE_BUDGET
         budget -= 1
         tick(P, Q, R, S, K, L, g, t_tick)
-
-
-def finished_all(R) -> bool:
-    return bool((R.status == FINISHED).all())

@@ -34,21 +34,24 @@ decoding, LoRA limits, encoder inputs, KV connectors, pause states, Mamba alignm
 from __future__ import annotations
 
 from simsched.engines.continuous.block_pool import allocate_running, allocate_waiting, find_cache_hit, free_row
-from simsched.engines.continuous.state import (C_EVENTS, EV_PREEMPTED, EV_SCHEDULED, POLICY_FCFS, PREEMPTED,
-                                              RUNNING)
+from simsched.engines.continuous.state import (ATTN, C_EVENTS, COMPUTED, CTX, DEC, EV_PREEMPTED, EV_SCHEDULED,
+                                              GPU, HIT_TOKENS, IDS, IN_FLIGHT, MAX_TOKENS, N_OUT, N_PREEMPT, NTOK,
+                                              P_LEN, PF, PLACEHOLDERS, PLAN_F, POLICY_FCFS, PREEMPTED, PRIORITY,
+                                              PROD, PROMPT, ROW, RUN_LEN, RUNNING, STALE, STATUS, STEPS,
+                                              T_FIRST_SCHED, WQ_LEN)
 from simsched.engines.continuous.step_time import gpu_time
 from simsched.engines.continuous.waiting_queue import wq_peek, wq_pop, wq_push_front
 from simsched.jit import jitable
 
 
-@jitable
+@jitable(inline=True)
 def log_event(L, step, kind, i, n):
     k = L.counters[C_EVENTS]
-    if k < len(L.ev_kind):         # the loop pauses to grow the log when it is full
-        L.ev_step[k] = step
-        L.ev_kind[k] = kind
-        L.ev_id[k] = i
-        L.ev_n[k] = n
+    if k < len(L.ev):          # the loop pauses to grow the log before it can fill
+        L.ev[k, 0] = step
+        L.ev[k, 1] = kind
+        L.ev[k, 2] = i
+        L.ev[k, 3] = n
     L.counters[C_EVENTS] = k + 1
 
 
@@ -56,13 +59,13 @@ def log_event(L, step, kind, i, n):
 def preempt(P, Q, R, S, K, L, g, i, step):
     """``_preempt_request``: free the blocks, reset to 0 computed tokens, mark in-flight output
     as stale, and put the request at the front of WAITING."""
-    free_row(K, g, R.row[i])
-    R.row[i] = -1
-    R.status[i] = PREEMPTED
-    R.computed[i] = 0
-    R.stale[i] = R.inflight[i]
-    R.ph[i] = 0
-    R.n_preempt[i] += 1
+    free_row(K, g, R.ri[i, ROW])
+    R.ri[i, ROW] = -1
+    R.ri[i, STATUS] = PREEMPTED
+    R.ri[i, COMPUTED] = 0
+    R.ri[i, STALE] = R.ri[i, IN_FLIGHT]
+    R.ri[i, PLACEHOLDERS] = 0
+    R.ri[i, N_PREEMPT] += 1
     wq_push_front(P, Q, S, g, i)
     if P.record_events:
         log_event(L, step, EV_PREEMPTED, i, 0)
@@ -74,9 +77,10 @@ def _victim_index(Q, S, g):
     in list order on ties (Python's ``max``)."""
     best = 0
     b = S.run[g, 0]
-    for k in range(1, S.run_len[g]):
+    for k in range(1, S.si[g, RUN_LEN]):
         r = S.run[g, k]
-        if Q.priority[r] > Q.priority[b] or (Q.priority[r] == Q.priority[b] and Q.arrival[r] > Q.arrival[b]):
+        if Q.qi[r, PRIORITY] > Q.qi[b, PRIORITY] or (
+                Q.qi[r, PRIORITY] == Q.qi[b, PRIORITY] and Q.arrival[r] > Q.arrival[b]):
             best = k
             b = r
     return best
@@ -86,24 +90,27 @@ def _victim_index(Q, S, g):
 def schedule(P, Q, R, S, K, L, g, t, slot):
     """Form one step of replica ``g`` at time ``t`` into plan ``slot``. Returns
     (number preempted, number admitted)."""
-    S.steps[g] += 1
-    step = S.steps[g]
+    ri = R.ri
+    plan = S.plan
+    S.si[g, STEPS] += 1
+    step = S.si[g, STEPS]
     budget = P.max_batched
-    lpt = P.lpt if S.run_len[g] + S.wq_len[g] > 1 else 0
+    lpt = P.lpt if S.si[g, RUN_LEN] + S.si[g, WQ_LEN] > 1 else 0
     n = 0                                  # plan length
     n_pre = 0
     req_index = 0
-    while req_index < S.run_len[g] and budget > 0:
+    while req_index < S.si[g, RUN_LEN] and budget > 0:
         i = S.run[g, req_index]
-        if R.ph[i] > 0 and R.computed[i] + 2 - R.ph[i] >= Q.prompt[i] + Q.max_tokens[i]:
+        prompt = Q.qi[i, PROMPT]
+        if ri[i, PLACEHOLDERS] > 0 and ri[i, COMPUTED] + 2 - ri[i, PLACEHOLDERS] >= prompt + Q.qi[i, MAX_TOKENS]:
             req_index += 1                 # async: its last token is already in flight
             continue
-        new = Q.prompt[i] + R.n_out[i] + R.ph[i] - R.computed[i]
+        new = prompt + ri[i, N_OUT] + ri[i, PLACEHOLDERS] - ri[i, COMPUTED]
         if 0 < lpt < new:
             new = lpt
         if new > budget:
             new = budget
-        cap = P.max_model_len - R.computed[i] - 1
+        cap = P.max_model_len - ri[i, COMPUTED] - 1
         if new > cap:
             new = cap
         if new <= 0:
@@ -115,22 +122,22 @@ def schedule(P, Q, R, S, K, L, g, t, slot):
                 scheduled = True
                 break
             if P.policy == POLICY_FCFS:
-                S.run_len[g] -= 1
-                v = S.run[g, S.run_len[g]]
+                S.si[g, RUN_LEN] -= 1
+                v = S.run[g, S.si[g, RUN_LEN]]
             else:
                 vk = _victim_index(Q, S, g)
                 v = S.run[g, vk]
-                for k in range(vk, S.run_len[g] - 1):
+                for k in range(vk, S.si[g, RUN_LEN] - 1):
                     S.run[g, k] = S.run[g, k + 1]
-                S.run_len[g] -= 1
+                S.si[g, RUN_LEN] -= 1
                 if vk < req_index:
                     req_index -= 1
                 for k in range(n):         # an already scheduled victim gives its budget back
-                    if S.p_ids[g, slot, k] == v:
-                        budget += S.p_n[g, slot, k]
+                    if plan[g, slot, IDS, k] == v:
+                        budget += plan[g, slot, NTOK, k]
                         for m in range(k, n - 1):
-                            S.p_ids[g, slot, m] = S.p_ids[g, slot, m + 1]
-                            S.p_n[g, slot, m] = S.p_n[g, slot, m + 1]
+                            plan[g, slot, IDS, m] = plan[g, slot, IDS, m + 1]
+                            plan[g, slot, NTOK, m] = plan[g, slot, NTOK, m + 1]
                         n -= 1
                         break
             preempt(P, Q, R, S, K, L, g, v, step)
@@ -138,11 +145,11 @@ def schedule(P, Q, R, S, K, L, g, t, slot):
             if v == i:
                 break
         if not scheduled:
-            if P.policy != POLICY_FCFS and R.status[i] == PREEMPTED:
+            if P.policy != POLICY_FCFS and ri[i, STATUS] == PREEMPTED:
                 continue                   # it preempted itself; later ones may still fit
             break
-        S.p_ids[g, slot, n] = i
-        S.p_n[g, slot, n] = new
+        plan[g, slot, IDS, n] = i
+        plan[g, slot, NTOK, n] = new
         n += 1
         budget -= new
         req_index += 1
@@ -150,31 +157,31 @@ def schedule(P, Q, R, S, K, L, g, t, slot):
     n_adm = 0
     if n_pre == 0:
         n_skip = 0
-        while budget > 0 and S.wq_len[g] > 0 and S.run_len[g] < P.max_seqs:
-            i = wq_peek(P, Q, S, g)
-            if R.stale[i] > 0:             # stale output still in flight: requeue after the pass
+        while budget > 0 and S.si[g, WQ_LEN] > 0 and S.si[g, RUN_LEN] < P.max_seqs:
+            i = wq_peek(P, S, g)
+            if ri[i, STALE] > 0:           # stale output still in flight: requeue after the pass
                 S.scratch[n_skip] = wq_pop(P, Q, S, g)
                 n_skip += 1
                 continue
             n_hit, hit_key = find_cache_hit(P, Q, R, K, g, i)
             hit_tokens = n_hit * P.block_size
-            new = Q.prompt[i] + R.n_out[i] - hit_tokens
+            new = Q.qi[i, PROMPT] + ri[i, N_OUT] - hit_tokens
             if 0 < lpt < new:
                 new = lpt
             if new > budget:
                 new = budget
-            if not allocate_waiting(P, Q, R, K, g, i, n_hit, hit_key, new, S.run_len[g] > 0):
+            if not allocate_waiting(P, Q, R, K, g, i, n_hit, hit_key, new, S.si[g, RUN_LEN] > 0):
                 break                      # head-of-line blocking
             wq_pop(P, Q, S, g)
-            S.run[g, S.run_len[g]] = i
-            S.run_len[g] += 1
-            R.status[i] = RUNNING
-            R.computed[i] = hit_tokens
-            if R.hit_tokens[i] < 0:        # first admission (vLLM's prefill_stats)
-                R.hit_tokens[i] = hit_tokens
-                R.t_first_sched[i] = t
-            S.p_ids[g, slot, n] = i
-            S.p_n[g, slot, n] = new
+            S.run[g, S.si[g, RUN_LEN]] = i
+            S.si[g, RUN_LEN] += 1
+            ri[i, STATUS] = RUNNING
+            ri[i, COMPUTED] = hit_tokens
+            if ri[i, HIT_TOKENS] < 0:      # first admission (vLLM's prefill_stats)
+                ri[i, HIT_TOKENS] = hit_tokens
+                R.rf[i, T_FIRST_SCHED] = t
+            plan[g, slot, IDS, n] = i
+            plan[g, slot, NTOK, n] = new
             n += 1
             budget -= new
             n_adm += 1
@@ -187,27 +194,28 @@ def schedule(P, Q, R, S, K, L, g, t, slot):
     ctx = 0.0
     attn = 0.0
     for k in range(n):
-        i = S.p_ids[g, slot, k]
-        m = S.p_n[g, slot, k]
-        c = R.computed[i]
-        if m == 1 and c >= Q.prompt[i]:
+        i = plan[g, slot, IDS, k]
+        m = plan[g, slot, NTOK, k]
+        c = ri[i, COMPUTED]
+        if m == 1 and c >= Q.qi[i, PROMPT]:
             dec += 1.0
             ctx += c + 1.0
         else:
             pf += m
             attn += m * c + 0.5 * m * m
-        R.computed[i] = c + m
-        R.inflight[i] += m
-        prod = R.computed[i] >= Q.prompt[i] + R.n_out[i] + R.ph[i]
-        S.p_prod[g, slot, k] = 1 if prod else 0
+        ri[i, COMPUTED] = c + m
+        ri[i, IN_FLIGHT] += m
+        prod = ri[i, COMPUTED] >= Q.qi[i, PROMPT] + ri[i, N_OUT] + ri[i, PLACEHOLDERS]
+        plan[g, slot, PROD, k] = 1 if prod else 0
         if prod and P.async_sched:
-            R.ph[i] += 1
+            ri[i, PLACEHOLDERS] += 1
         if P.record_events:
             log_event(L, step, EV_SCHEDULED, i, m)
-    S.p_len[g, slot] = n
-    S.p_stats[g, slot, 0] = pf
-    S.p_stats[g, slot, 1] = dec
-    S.p_stats[g, slot, 2] = ctx
-    S.p_stats[g, slot, 3] = attn
-    S.p_gpu[g, slot] = gpu_time(P, pf, dec, ctx, attn)
+    S.si[g, P_LEN + slot] = n
+    base = PLAN_F + 5 * slot
+    S.sf[g, base + PF] = pf
+    S.sf[g, base + DEC] = dec
+    S.sf[g, base + CTX] = ctx
+    S.sf[g, base + ATTN] = attn
+    S.sf[g, base + GPU] = gpu_time(P, pf, dec, ctx, attn)
     return n_pre, n_adm

@@ -16,78 +16,83 @@ import math
 
 from simsched.engines.continuous.block_pool import cache_blocks, free_row
 from simsched.engines.continuous.schedule import log_event
-from simsched.engines.continuous.state import (EV_FINISHED, FINISHED, ITL_BINS, ITL_LO, ITL_PER_DECADE,
-                                              RUNNING)
+from simsched.engines.continuous.state import (COMPUTED, EV_FINISHED, FINISHED, IDS, IN_FLIGHT, ITL_BINS, ITL_LO,
+                                              ITL_MAX, ITL_PER_OCTAVE, LF_ITL_N, LF_ITL_SUM, MAX_TOKENS, N_OUT,
+                                              NTOK, P_LEN, PLACEHOLDERS, PROD, PROMPT, ROW, RUN_LEN, RUNNING,
+                                              STALE, STATUS, T_FIRST_TOKEN, T_LAST_TOKEN)
 from simsched.engines.continuous.waiting_queue import wq_remove
 from simsched.jit import jitable
 
 
-@jitable
+@jitable(inline=True)
+def itl_bin(gap):
+    """Histogram bin of a gap: ITL_PER_OCTAVE equal steps of log2 per octave above ITL_LO
+    (``frexp`` gives the octave without a logarithm)."""
+    if gap <= ITL_LO:
+        return 0
+    m, e = math.frexp(gap / ITL_LO)             # gap / ITL_LO = m · 2**e, 0.5 <= m < 1
+    k = (e - 1) * ITL_PER_OCTAVE + int((2.0 * m - 1.0) * ITL_PER_OCTAVE) + 1
+    return k if k < ITL_BINS - 1 else ITL_BINS - 1
+
+
+@jitable(inline=True)
 def record_itl(L, gap, weight):
     """Add ``weight`` inter-token gaps of ``gap`` seconds to the ITL histogram and sum."""
-    if gap <= ITL_LO:
-        k = 0
-    else:
-        k = int(math.log10(gap / ITL_LO) * ITL_PER_DECADE) + 1
-        if k > ITL_BINS - 1:
-            k = ITL_BINS - 1
-    L.itl_hist[k] += weight
-    L.itl_sum[0] += gap * weight
-    L.itl_sum[1] += weight
-
-
-@jitable
-def emit_token(P, R, L, i, t):
-    """Request ``i``'s next output token appears at ``t``."""
-    R.n_out[i] += 1
-    if R.n_out[i] == 1:
-        R.t_first_tok[i] = t
-    else:
-        gap = t - R.t_last_tok[i]
-        if gap > R.itl_max[i]:
-            R.itl_max[i] = gap
-        record_itl(L, gap, 1.0)
-    R.t_last_tok[i] = t
+    L.itl_hist[itl_bin(gap)] += weight
+    L.lf[LF_ITL_SUM] += gap * weight
+    L.lf[LF_ITL_N] += weight
 
 
 @jitable
 def update_from_output(P, Q, R, S, K, L, g, slot, t, step):
     """Apply plan ``slot`` of replica ``g`` at time ``t``; returns the number finished."""
+    ri = R.ri
+    rf = R.rf
+    plan = S.plan
     n_fin = 0
-    for k in range(S.p_len[g, slot]):
-        i = S.p_ids[g, slot, k]
-        m = S.p_n[g, slot, k]
-        R.inflight[i] -= m
+    for k in range(S.si[g, P_LEN + slot]):
+        i = plan[g, slot, IDS, k]
+        ri[i, IN_FLIGHT] -= plan[g, slot, NTOK, k]
         stale = False
-        if R.stale[i] > 0:
+        if ri[i, STALE] > 0:
             stale = True
-            R.stale[i] -= m
-        if R.status[i] == FINISHED or S.p_prod[g, slot, k] == 0:
+            ri[i, STALE] -= plan[g, slot, NTOK, k]
+        if ri[i, STATUS] == FINISHED or plan[g, slot, PROD, k] == 0:
             continue
-        emit_token(P, R, L, i, t)
-        stopped = R.n_out[i] >= Q.max_tokens[i] or Q.prompt[i] + R.n_out[i] >= P.max_model_len
-        had_ph = R.ph[i] > 0
+        # The token (emit it, record its inter-token gap).
+        n_out = ri[i, N_OUT] + 1
+        ri[i, N_OUT] = n_out
+        if n_out == 1:
+            rf[i, T_FIRST_TOKEN] = t
+        else:
+            gap = t - rf[i, T_LAST_TOKEN]
+            if gap > rf[i, ITL_MAX]:
+                rf[i, ITL_MAX] = gap
+            record_itl(L, gap, 1.0)
+        rf[i, T_LAST_TOKEN] = t
+        stopped = n_out >= Q.qi[i, MAX_TOKENS] or Q.qi[i, PROMPT] + n_out >= P.max_model_len
+        had_ph = ri[i, PLACEHOLDERS] > 0
         if not stale and had_ph:
-            R.ph[i] -= 1
-        running = R.status[i] == RUNNING
+            ri[i, PLACEHOLDERS] -= 1
+        running = ri[i, STATUS] == RUNNING
         if not stale and running and had_ph:
-            cache_blocks(P, Q, R, K, g, i, R.computed[i] - R.inflight[i])
+            cache_blocks(P, Q, R, K, g, i, ri[i, COMPUTED] - ri[i, IN_FLIGHT])
         if stopped:
             if running:
-                free_row(K, g, R.row[i])
-                R.row[i] = -1
+                free_row(K, g, ri[i, ROW])
+                ri[i, ROW] = -1
             else:
                 wq_remove(P, Q, S, g, i)
-            R.status[i] = FINISHED
+            ri[i, STATUS] = FINISHED
             n_fin += 1
             if P.record_events:
                 log_event(L, step, EV_FINISHED, i, 0)
     if n_fin > 0:
         w = 0
-        for k in range(S.run_len[g]):
+        for k in range(S.si[g, RUN_LEN]):
             r = S.run[g, k]
-            if R.status[r] != FINISHED:
+            if ri[r, STATUS] != FINISHED:
                 S.run[g, w] = r
                 w += 1
-        S.run_len[g] = w
+        S.si[g, RUN_LEN] = w
     return n_fin

@@ -13,23 +13,23 @@ formation only calls ``wq_peek`` / ``wq_pop`` / ``wq_push_back`` / ``wq_push_fro
 """
 from __future__ import annotations
 
-from simsched.engines.continuous.state import POLICY_FCFS
+from simsched.engines.continuous.state import POLICY_FCFS, PRIORITY, TIEBREAK, WQ_CAP, WQ_HEAD, WQ_LEN, WQ_OFF
 from simsched.jit import jitable
 
 
-@jitable
+@jitable(inline=True)
 def before(Q, a, b):
-    """Priority order: ``Request.__lt__`` (``tiebreak`` ranks request ids)."""
-    if Q.priority[a] != Q.priority[b]:
-        return Q.priority[a] < Q.priority[b]
+    """Priority order: ``Request.__lt__`` (``TIEBREAK`` ranks request ids)."""
+    if Q.qi[a, PRIORITY] != Q.qi[b, PRIORITY]:
+        return Q.qi[a, PRIORITY] < Q.qi[b, PRIORITY]
     if Q.arrival[a] != Q.arrival[b]:
         return Q.arrival[a] < Q.arrival[b]
-    return Q.tiebreak[a] < Q.tiebreak[b]
+    return Q.qi[a, TIEBREAK] < Q.qi[b, TIEBREAK]
 
 
 @jitable
-def _sift_up(P, Q, S, g, pos):
-    off = S.wq_off[g]
+def _sift_up(Q, S, g, pos):
+    off = S.si[g, WQ_OFF]
     x = S.wq[off + pos]
     while pos > 0:
         parent = (pos - 1) >> 1
@@ -43,9 +43,9 @@ def _sift_up(P, Q, S, g, pos):
 
 
 @jitable
-def _sift_down(P, Q, S, g, pos):
-    off = S.wq_off[g]
-    n = S.wq_len[g]
+def _sift_down(Q, S, g, pos):
+    off = S.si[g, WQ_OFF]
+    n = S.si[g, WQ_LEN]
     x = S.wq[off + pos]
     while True:
         c = 2 * pos + 1
@@ -63,79 +63,74 @@ def _sift_down(P, Q, S, g, pos):
 
 @jitable
 def wq_push_back(P, Q, S, g, i):
-    off = S.wq_off[g]
+    off = S.si[g, WQ_OFF]
+    n = S.si[g, WQ_LEN]
     if P.policy == POLICY_FCFS:
-        cap = S.wq_cap[g]
-        S.wq[off + ((S.wq_head[g] + S.wq_len[g]) & (cap - 1))] = i
-        S.wq_len[g] += 1
+        S.wq[off + ((S.si[g, WQ_HEAD] + n) & (S.si[g, WQ_CAP] - 1))] = i
+        S.si[g, WQ_LEN] = n + 1
     else:
-        S.wq[off + S.wq_len[g]] = i
-        S.wq_len[g] += 1
-        _sift_up(P, Q, S, g, S.wq_len[g] - 1)
+        S.wq[off + n] = i
+        S.si[g, WQ_LEN] = n + 1
+        _sift_up(Q, S, g, n)
 
 
 @jitable
 def wq_push_front(P, Q, S, g, i):
     if P.policy == POLICY_FCFS:
-        cap = S.wq_cap[g]
-        S.wq_head[g] = (S.wq_head[g] - 1) & (cap - 1)
-        S.wq[S.wq_off[g] + S.wq_head[g]] = i
-        S.wq_len[g] += 1
+        h = (S.si[g, WQ_HEAD] - 1) & (S.si[g, WQ_CAP] - 1)
+        S.si[g, WQ_HEAD] = h
+        S.wq[S.si[g, WQ_OFF] + h] = i
+        S.si[g, WQ_LEN] += 1
     else:
         wq_push_back(P, Q, S, g, i)
 
 
-@jitable
-def wq_peek(P, Q, S, g):
+@jitable(inline=True)
+def wq_peek(P, S, g):
     if P.policy == POLICY_FCFS:
-        return S.wq[S.wq_off[g] + S.wq_head[g]]
-    return S.wq[S.wq_off[g]]
+        return S.wq[S.si[g, WQ_OFF] + S.si[g, WQ_HEAD]]
+    return S.wq[S.si[g, WQ_OFF]]
 
 
 @jitable
 def wq_pop(P, Q, S, g):
-    off = S.wq_off[g]
+    off = S.si[g, WQ_OFF]
     if P.policy == POLICY_FCFS:
-        i = S.wq[off + S.wq_head[g]]
-        S.wq_head[g] = (S.wq_head[g] + 1) & (S.wq_cap[g] - 1)
-        S.wq_len[g] -= 1
+        h = S.si[g, WQ_HEAD]
+        i = S.wq[off + h]
+        S.si[g, WQ_HEAD] = (h + 1) & (S.si[g, WQ_CAP] - 1)
+        S.si[g, WQ_LEN] -= 1
         return i
     i = S.wq[off]
-    S.wq_len[g] -= 1
-    if S.wq_len[g] > 0:
-        S.wq[off] = S.wq[off + S.wq_len[g]]
-        _sift_down(P, Q, S, g, 0)
+    n = S.si[g, WQ_LEN] - 1
+    S.si[g, WQ_LEN] = n
+    if n > 0:
+        S.wq[off] = S.wq[off + n]
+        _sift_down(Q, S, g, 0)
     return i
-
-
-@jitable
-def wq_at(P, Q, S, g, k):
-    """The k-th stored entry (queue order for fcfs, heap order for priority)."""
-    if P.policy == POLICY_FCFS:
-        return S.wq[S.wq_off[g] + ((S.wq_head[g] + k) & (S.wq_cap[g] - 1))]
-    return S.wq[S.wq_off[g] + k]
 
 
 @jitable
 def wq_remove(P, Q, S, g, i):
     """Remove request ``i`` wherever it is (``remove_requests``: a stale output finished a
     preempted request)."""
-    n = S.wq_len[g]
-    off = S.wq_off[g]
+    n = S.si[g, WQ_LEN]
+    off = S.si[g, WQ_OFF]
     if P.policy == POLICY_FCFS:
-        cap = S.wq_cap[g]
+        mask = S.si[g, WQ_CAP] - 1
+        h = S.si[g, WQ_HEAD]
         k = 0
-        while k < n and S.wq[off + ((S.wq_head[g] + k) & (cap - 1))] != i:
+        while k < n and S.wq[off + ((h + k) & mask)] != i:
             k += 1
         for m in range(k, n - 1):
-            S.wq[off + ((S.wq_head[g] + m) & (cap - 1))] = S.wq[off + ((S.wq_head[g] + m + 1) & (cap - 1))]
-        S.wq_len[g] -= 1
+            S.wq[off + ((h + m) & mask)] = S.wq[off + ((h + m + 1) & mask)]
+        S.si[g, WQ_LEN] = n - 1
         return
     k = 0
     while S.wq[off + k] != i:
         k += 1
-    S.wq_len[g] -= 1
-    if k < S.wq_len[g]:
-        S.wq[off + k] = S.wq[off + S.wq_len[g]]
-        _sift_down(P, Q, S, g, k)
-        _sift_up(P, Q, S, g, k)
+    S.si[g, WQ_LEN] = n - 1
+    if k < n - 1:
+        S.wq[off + k] = S.wq[off + n - 1]
+        _sift_down(Q, S, g, k)
+        _sift_up(Q, S, g, k)
