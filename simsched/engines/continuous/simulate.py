@@ -4,12 +4,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from simsched.engines.continuous import state as st
 from simsched.engines.continuous.loop import DONE, PAUSE_BUDGET, PAUSE_EVENTS, PAUSE_STEPS, PAUSE_TS, run_loop
 from simsched.engines.continuous.options import ContinuousEngine
+from simsched.engines.continuous.step_time import as_step_time
 from simsched.engines.continuous.result import (COMPLETED, NOT_ARRIVED, REASONS, REJECTED, UNFINISHED,
                                                 ContinuousResult, check_invariants)
 from simsched.jit import kernel, quiet_compile
@@ -192,3 +194,32 @@ def collect(requests: RequestTable, engine: ContinuousEngine, P: st.Params, R: s
     )
     check_invariants(res)
     return res
+
+
+def prepare(scheduler: Any, latency_model: Any, gpus: Any) -> tuple[StepTime, Hardware, int | None]:
+    """What this engine takes from the other groups: the step form of the latency model, the
+    replicas' hardware, and a sequence cap from the scheduler group. ``scheduler=vllm`` is
+    vLLM itself; ``scheduler=static_fifo`` is FCFS with ``max_num_seqs`` = its batch size;
+    other schedulers are run-to-completion batch policies (issue 12 ports them)."""
+    from simsched.errors import ConfigError
+    from simsched.scheduler import Scheduler, VllmScheduler
+
+    cap = None
+    if isinstance(scheduler, Scheduler):
+        batcher = scheduler.batcher
+        if scheduler.k_bins == 1 and type(batcher).__name__ == "FixedBatcher":
+            cap = int(batcher.batch_size)
+        else:
+            raise ConfigError("scheduler", f"'{scheduler.name}' batches run to completion and does not run on "
+                              "engine=continuous yet", allowed="vllm, static_fifo")
+    elif not isinstance(scheduler, VllmScheduler):
+        raise ConfigError("scheduler", "does not run on engine=continuous", getattr(scheduler, "name", None),
+                          allowed="vllm, static_fifo")
+    step = as_step_time(latency_model)
+    memory = getattr(gpus, "memory_gib", None)
+    if memory is None:
+        from simsched.roofline import GPUS
+
+        spec = GPUS.get(str(gpus.name).lower())
+        memory = spec.memory_gib if spec is not None else None
+    return step, Hardware(int(gpus.count), int(gpus.kv_capacity_tokens), str(gpus.name), memory), cap
