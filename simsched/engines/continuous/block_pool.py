@@ -291,12 +291,18 @@ def allocate_waiting(P, Q, R, K, g, i, n_hit, hit_key, num_new, running_nonempty
 
 @jitable(inline=True)
 def never_fits(P, Q, K, g, i):
-    """0, or why request ``i`` can never run on replica ``g`` (vLLM rejects it at the API)."""
-    total = Q.qi[i, PROMPT] + Q.qi[i, MAX_TOKENS]
-    if Q.qi[i, PROMPT] < 1:
+    """0, or why request ``i`` can never run on replica ``g``: an empty prompt or one of
+    ``max_model_len`` tokens or more (vLLM's input validation rejects both), or a sequence
+    the pool cannot hold (impossible when the pool holds ``max_model_len`` tokens, which
+    ``ContinuousEngine.resolved`` requires, as vLLM does at start-up)."""
+    prompt = Q.qi[i, PROMPT]
+    if prompt < 1:
         return R_EMPTY
-    if total > P.max_model_len:
+    if prompt >= P.max_model_len:
         return R_MAX_LEN
-    if cdiv(total - 1, P.block_size) > K.ki[g, NBLK] - 1:   # the null block is not usable
+    out = Q.qi[i, MAX_TOKENS]
+    if out > P.max_model_len - prompt:
+        out = P.max_model_len - prompt
+    if cdiv(prompt + out - 1, P.block_size) > K.ki[g, NBLK] - 1:   # the null block is not usable
         return R_KV
     return 0

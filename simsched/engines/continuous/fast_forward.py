@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import math
 
-from simsched.engines.continuous.block_pool import admit_blocks_needed, cache_blocks, find_cache_hit, get_new_blocks
+from simsched.engines.continuous.block_pool import (admit_blocks_needed, cache_blocks, find_cache_hit, get_new_blocks,
+                                                   never_fits)
 from simsched.engines.continuous.schedule import log_event
-from simsched.engines.continuous.state import (C_EVENTS, C_JUMPED_STEPS, C_JUMPS, C_STEPS, COMPUTED, EV_SCHEDULED,
-                                              EV_STEP, GPU, IDS, IN_FLIGHT, ITL_MAX, LF_TS_NEXT, MAX_TOKENS, N_FREE,
-                                              N_OUT, NTOK, P_COUNT, P_HEAD, P_LEN, PF, PLACEHOLDERS, PLAN_F,
+from simsched.engines.continuous.state import (C_EVENTS, C_JUMPED_STEPS, C_JUMPS, C_STEPS, COMPUTED, EV_COUNTS_SCHED,
+                                              EV_COUNTS_UPDATE, EV_SCHEDULED, EV_STEP, EV_UPDATE, GPU, IDS, IN_FLIGHT, ITL_MAX, LF_TS_NEXT, MAX_TOKENS, N_FREE,
+                                              N_OUT, NTOK, P_COUNT, P_HEAD, P_LEN, PF, PLACEHOLDERS, PLAN_F, PLAN_W,
                                               POLICY_FCFS, PROD, PROMPT, REP_END, REP_NEXT, ROW, ROW_N, RUN_LEN,
-                                              STALE, STEPS, T_FIRST_TOKEN, T_LAST_TOKEN, TICK, WQ_LEN)
+                                              STALE, STEPS, T_FIRST_TOKEN, T_LAST_TOKEN, T_SCHED, TICK, WQ_LEN)
 from simsched.engines.continuous.step_time import gpu_time, tick_length
 from simsched.engines.continuous.update import record_itl
 from simsched.engines.continuous.waiting_queue import wq_peek
@@ -66,19 +67,34 @@ def _tick_len(P, B, ctx0, i, g_first):
 
 
 @jitable
-def _set_decode_plan(P, S, g, slot, B, ctx):
-    """Plan ``slot`` = every running request decoding one token (context sum ``ctx``)."""
+def _set_decode_plan(P, S, g, slot, B, ctx, t_sched):
+    """Plan ``slot`` = every running request decoding one token (context sum ``ctx``),
+    scheduled at ``t_sched``."""
     for k in range(B):
         S.plan[g, slot, IDS, k] = S.run[g, k]
         S.plan[g, slot, NTOK, k] = 1
         S.plan[g, slot, PROD, k] = 1
     S.si[g, P_LEN + slot] = B
-    base = PLAN_F + 5 * slot
+    base = PLAN_F + PLAN_W * slot
     S.sf[g, base + PF] = 0.0
     S.sf[g, base + 1] = 1.0 * B
     S.sf[g, base + 2] = ctx
     S.sf[g, base + 3] = 0.0
     S.sf[g, base + GPU] = gpu_time(P, 0.0, 1.0 * B, ctx, 0.0)
+    S.sf[g, base + T_SCHED] = t_sched
+
+
+@jitable
+def _waiting_at(P, Q, S, K, g, when):
+    """WAITING's length at ``when`` during a jump: arrivals are routed by the loop later, so
+    add the replica's coming arrivals up to ``when`` that will not be rejected (records only)."""
+    w = S.si[g, WQ_LEN]
+    k = S.si[g, REP_NEXT]
+    while k < S.si[g, REP_END] and Q.arrival[S.rep_reqs[k]] <= when:
+        if never_fits(P, Q, K, g, S.rep_reqs[k]) == 0:
+            w += 1
+        k += 1
+    return w
 
 
 @jitable
@@ -113,14 +129,18 @@ def try_jump(P, Q, R, S, K, L, g, t):
         if ri[i, STALE] != 0:
             return False
         c = ri[i, COMPUTED]
+        prompt = Q.qi[i, PROMPT]
+        out = Q.qi[i, MAX_TOKENS]
+        if out > P.max_model_len - prompt:   # check_stop ends it at max_model_len
+            out = P.max_model_len - prompt
         if P.async_sched:
-            if ri[i, PLACEHOLDERS] != 1 or c != Q.qi[i, PROMPT] + ri[i, N_OUT]:
+            if ri[i, PLACEHOLDERS] != 1 or c != prompt + ri[i, N_OUT]:
                 return False
-            rem = Q.qi[i, MAX_TOKENS] - ri[i, N_OUT] - 1
+            rem = out - ri[i, N_OUT] - 1
         else:
-            if ri[i, PLACEHOLDERS] != 0 or ri[i, N_OUT] < 1 or c != Q.qi[i, PROMPT] + ri[i, N_OUT] - 1:
+            if ri[i, PLACEHOLDERS] != 0 or ri[i, N_OUT] < 1 or c != prompt + ri[i, N_OUT] - 1:
                 return False
-            rem = Q.qi[i, MAX_TOKENS] - ri[i, N_OUT]
+            rem = out - ri[i, N_OUT]
         if rem < m_lim:
             m_lim = rem
         i0 = K.rows[ri[i, ROW], ROW_N] * bs - c
@@ -136,7 +156,7 @@ def try_jump(P, Q, R, S, K, L, g, t):
         nxt = S.si[g, REP_NEXT]
         if nxt < S.si[g, REP_END]:
             arrival_bound = Q.arrival[S.rep_reqs[nxt]]
-    g_first = S.sf[g, PLAN_F + 5 * hs + GPU]
+    g_first = S.sf[g, PLAN_F + PLAN_W * hs + GPU]
     s_next = L.lf[LF_TS_NEXT]
     t1 = t + _tick_len(P, B, ctx0, 0, g_first)
     if not (t1 < arrival_bound and t1 <= P.horizon and t1 <= s_next):
@@ -175,7 +195,7 @@ def try_jump(P, Q, R, S, K, L, g, t):
         if room < m_lim:
             m_lim = room
     if P.record_events:
-        room = (len(L.ev) - L.counters[C_EVENTS]) // (B + 1)
+        room = (len(L.ev) - L.counters[C_EVENTS]) // (B + 4)
         if room < m_lim:
             m_lim = room
     # Schedules must happen before the next arrival (when it matters), at or before the
@@ -203,12 +223,19 @@ def try_jump(P, Q, R, S, K, L, g, t):
         S.scratch[start_at + p] = S.scratch[start_at + p - 1]
     S.scratch[start_at] = 0
 
-    step0 = S.si[g, STEPS]
+    # Event labels: jumped step i is step0 + i + 1; the plan already in flight (async) is step0.
+    step0 = int(t) - 1 if P.unit_steps else S.si[g, STEPS]
+    depth = 2 if P.async_sched else 1
     ti = t
     t_first = t                           # t_1: the first update of the run
     t_last = t                            # t_{m-1}: the last one
+    t_pen = t                             # t_{m-2}: when the next-to-last jumped step is scheduled
     gap_max = 0.0
     for i in range(m):
+        waiting = _waiting_at(P, Q, S, K, g, ti) if P.record_events or P.record_steps else 0
+        if P.record_events and i >= 1:    # tick i first applies the plan of step i - depth
+            log_event(L, step0 + i + 1 - depth, EV_UPDATE, g, K.ki[g, N_FREE])
+            log_event(L, step0 + i + 1 - depth, EV_COUNTS_UPDATE, B, waiting)
         p = i % bs
         for q in range(S.scratch[start_at + p], S.scratch[start_at + p + 1]):
             r = S.run[g, S.scratch[order_at + q]]
@@ -218,6 +245,7 @@ def try_jump(P, Q, R, S, K, L, g, t):
             for k in range(B):
                 log_event(L, step0 + i + 1, EV_SCHEDULED, S.run[g, k], 1)
             log_event(L, step0 + i + 1, EV_STEP, g, K.ki[g, N_FREE])
+            log_event(L, step0 + i + 1, EV_COUNTS_SCHED, B, waiting)
         if P.record_steps:
             c = L.counters[C_STEPS]
             L.steps[c, 0] = g
@@ -231,8 +259,10 @@ def try_jump(P, Q, R, S, K, L, g, t):
             L.steps[c, 8] = 0
             L.steps[c, 9] = K.ki[g, N_FREE]
             L.steps[c, 10] = B
-            L.steps[c, 11] = S.si[g, WQ_LEN]
+            L.steps[c, 11] = waiting
             L.counters[C_STEPS] = c + 1
+        if i == m - 2:
+            t_pen = ti
         t_prev = ti
         ti = ti + d                       # t_{i+1}: an update is emitted here if i <= m - 2
         if i == 0:
@@ -268,11 +298,12 @@ def try_jump(P, Q, R, S, K, L, g, t):
         cache_blocks(P, Q, R, K, g, i, ri[i, COMPUTED])
 
     # The plans left in flight: jumped steps m − 1 (sync) or m − 2 and m − 1 (async).
+    if P.async_sched:
+        _set_decode_plan(P, S, g, hs, B, ctx0 + B * (m - 2), t_pen)
+        _set_decode_plan(P, S, g, 1 - hs, B, ctx0 + B * (m - 1), t_last)
+    else:
+        _set_decode_plan(P, S, g, hs, B, ctx0 + B * (m - 1), t_last)
     first = m - 2 if P.async_sched else m - 1
-    slot = hs
-    for j in range(first, m):
-        _set_decode_plan(P, S, g, slot, B, ctx0 + B * j)
-        slot = 1 - slot
     S.si[g, P_HEAD] = hs
     S.si[g, P_COUNT] = m - first
     S.si[g, STEPS] += m

@@ -24,9 +24,10 @@ import math
 
 from simsched.engines.continuous.block_pool import never_fits
 from simsched.engines.continuous.fast_forward import try_jump
-from simsched.engines.continuous.schedule import log_event, schedule
-from simsched.engines.continuous.state import (C_ARRIVAL_PTR, C_EVENTS, C_STEPS, C_TICKS, C_TS, EV_STEP, EV_UPDATE,
-                                              GPU, LF_TS_NEXT, N_FREE, NBLK, P_COUNT, P_HEAD, P_LEN, PF, PLAN_F,
+from simsched.engines.continuous.schedule import log_event, schedule, step_label
+from simsched.engines.continuous.state import (C_ARRIVAL_PTR, C_EVENTS, C_STEPS, C_TICKS, C_TS, EV_COUNTS_SCHED,
+                                              EV_COUNTS_UPDATE, EV_STEP, EV_UPDATE, T_SCHED,
+                                              GPU, LF_TS_NEXT, N_FREE, NBLK, P_COUNT, P_HEAD, P_LEN, PF, PLAN_F, PLAN_W,
                                               REASON, REJECTED, REP_NEXT, REPLICA, RUN_LEN, STATUS, STEPS, TICK,
                                               WAITING, WQ_LEN)
 from simsched.engines.continuous.step_time import tick_length
@@ -56,7 +57,7 @@ def route(P, Q, R, S, K, i, t):
 @jitable
 def record_step(S, K, L, g, t, dur, slot, n_pre, n_adm):
     k = L.counters[C_STEPS]
-    base = PLAN_F + 5 * slot
+    base = PLAN_F + PLAN_W * slot
     L.steps[k, 0] = g
     L.steps[k, 1] = t
     L.steps[k, 2] = dur
@@ -79,10 +80,11 @@ def tick(P, Q, R, S, K, L, g, t):
     depth = 2 if P.async_sched else 1
     if S.si[g, P_COUNT] == depth:
         slot = S.si[g, P_HEAD]
-        step = S.si[g, STEPS] - depth + 1
-        update_from_output(P, Q, R, S, K, L, g, slot, t, step)
+        label = plan_label(P, S, g, slot, depth)
+        update_from_output(P, Q, R, S, K, L, g, slot, t, label)
         if P.record_events:
-            log_event(L, step, EV_UPDATE, g, K.ki[g, N_FREE])
+            log_event(L, label, EV_UPDATE, g, K.ki[g, N_FREE])
+            log_event(L, label, EV_COUNTS_UPDATE, S.si[g, RUN_LEN], S.si[g, WQ_LEN])
         S.si[g, P_HEAD] = 1 - slot
         S.si[g, P_COUNT] -= 1
     if try_jump(P, Q, R, S, K, L, g, t):
@@ -91,12 +93,14 @@ def tick(P, Q, R, S, K, L, g, t):
     slot = S.si[g, P_HEAD] if count == 0 else 1 - S.si[g, P_HEAD]
     n_pre, n_adm = schedule(P, Q, R, S, K, L, g, t, slot)
     if P.record_events:
-        log_event(L, S.si[g, STEPS], EV_STEP, g, K.ki[g, N_FREE])
+        label = step_label(P, S, g, t)
+        log_event(L, label, EV_STEP, g, K.ki[g, N_FREE])
+        log_event(L, label, EV_COUNTS_SCHED, S.si[g, RUN_LEN], S.si[g, WQ_LEN])
     in_flight = 0.0
     busy = False
     if count == 1:
         head = S.si[g, P_HEAD]
-        in_flight = S.sf[g, PLAN_F + 5 * head + GPU]
+        in_flight = S.sf[g, PLAN_F + PLAN_W * head + GPU]
         busy = S.si[g, P_LEN + head] > 0
     if S.si[g, P_LEN + slot] == 0 and not busy:
         if S.si[g, RUN_LEN] == 0 and S.si[g, WQ_LEN] == 0:
@@ -107,10 +111,18 @@ def tick(P, Q, R, S, K, L, g, t):
     if count == 0:
         S.si[g, P_HEAD] = slot
     S.si[g, P_COUNT] = count + 1
-    dur = tick_length(P, S.sf[g, PLAN_F + 5 * slot + GPU], in_flight)
+    dur = tick_length(P, S.sf[g, PLAN_F + PLAN_W * slot + GPU], in_flight)
     if P.record_steps:
         record_step(S, K, L, g, t, dur, slot, n_pre, n_adm)
     S.sf[g, TICK] = t + dur
+
+
+@jitable
+def plan_label(P, S, g, slot, depth):
+    """The label of the step whose plan is in ``slot`` (see ``schedule.step_label``)."""
+    if P.unit_steps:
+        return int(S.sf[g, PLAN_F + PLAN_W * slot + T_SCHED])
+    return S.si[g, STEPS] - depth + 1
 
 
 @jitable

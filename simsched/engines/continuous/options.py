@@ -96,11 +96,14 @@ class ContinuousEngine:
         if max_batched < max_seqs:
             raise ConfigError("engine.max_num_batched_tokens", f"must be >= max_num_seqs ({max_seqs}) "
                               "(vLLM SchedulerConfig)", max_batched)
-        blocks = self.num_gpu_blocks or kv_capacity_tokens // self.block_size
-        if blocks < 2:
-            raise ConfigError("engine.num_gpu_blocks", "needs at least 2 blocks (one is vLLM's null "
-                              f"block); gpus.kv_capacity_tokens / block_size = {blocks}", blocks)
-        return Resolved(max_batched, max_seqs, int(blocks))
+        blocks = int(self.num_gpu_blocks or kv_capacity_tokens // self.block_size)
+        need = -(-self.max_model_len // self.block_size)
+        if blocks - 1 < need:   # vLLM refuses to start when the KV cache cannot hold one max_model_len sequence
+            key = "engine.num_gpu_blocks" if self.num_gpu_blocks else "gpus.kv_capacity_tokens"
+            raise ConfigError(key, f"the KV cache ({blocks - 1} usable blocks of {self.block_size} tokens) cannot "
+                              f"hold one engine.max_model_len={self.max_model_len} sequence ({need} blocks), so "
+                              "vLLM would not start; lower engine.max_model_len", blocks)
+        return Resolved(max_batched, max_seqs, blocks)
 
 
 @dataclass(frozen=True)

@@ -67,9 +67,11 @@ class ContinuousResult:
             return np.where(n > 1, (self.finish - self.first_token) / (n - 1), np.nan)
 
 
-def check_invariants(res: ContinuousResult) -> None:
+def check_invariants(res: ContinuousResult, produced: np.ndarray) -> None:
     """Request conservation, causality and completeness of every completed request (I1, I4,
-    I5 of docs/continuous_invariants.md). A failure is a simulator bug, never user error."""
+    I5 of docs/continuous_invariants.md): a completed request emitted ``produced`` tokens (its
+    output, or fewer where ``max_model_len`` stops it). A failure is a simulator bug, never
+    user error."""
     c = res.counts()
     n = len(res.requests)
     if sum(c.values()) != n:
@@ -81,7 +83,7 @@ def check_invariants(res: ContinuousResult) -> None:
         raise AssertionError("a rejected or unfinished request has no reason")
     done = res.status == COMPLETED
     a = res.requests.arrival[done]
-    if np.any(res.output_emitted[done] != res.requests.output[done]):
+    if np.any(res.output_emitted[done] != produced[done]):
         raise AssertionError("a completed request did not emit its whole output")
     if np.any(res.first_scheduled[done] < a) or np.any(res.first_token[done] < res.first_scheduled[done]) \
             or np.any(res.finish[done] < res.first_token[done]):

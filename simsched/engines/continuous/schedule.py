@@ -34,11 +34,11 @@ decoding, LoRA limits, encoder inputs, KV connectors, pause states, Mamba alignm
 from __future__ import annotations
 
 from simsched.engines.continuous.block_pool import allocate_running, allocate_waiting, find_cache_hit, free_row
-from simsched.engines.continuous.state import (ATTN, C_EVENTS, COMPUTED, CTX, DEC, EV_PREEMPTED, EV_SCHEDULED,
-                                              GPU, HIT_TOKENS, IDS, IN_FLIGHT, MAX_TOKENS, N_OUT, N_PREEMPT, NTOK,
-                                              P_LEN, PF, PLACEHOLDERS, PLAN_F, POLICY_FCFS, PREEMPTED, PRIORITY,
+from simsched.engines.continuous.state import (ATTN, C_EVENTS, COMPUTED, CTX, DEC, EV_HIT, EV_PREEMPTED, EV_SCHEDULED,
+                                              GPU, HIT_TOKENS, IDS, IN_FLIGHT, MAX_TOKENS, ORDER, N_OUT, N_PREEMPT, NTOK,
+                                              P_LEN, PF, PLACEHOLDERS, PLAN_F, PLAN_W, POLICY_FCFS, PREEMPTED, PRIORITY,
                                               PROD, PROMPT, ROW, RUN_LEN, RUNNING, STALE, STATUS, STEPS,
-                                              T_FIRST_SCHED, WQ_LEN)
+                                              T_FIRST_SCHED, T_SCHED, WQ_LEN)
 from simsched.engines.continuous.step_time import gpu_time
 from simsched.engines.continuous.waiting_queue import wq_peek, wq_pop, wq_push_front
 from simsched.jit import jitable
@@ -53,6 +53,15 @@ def log_event(L, step, kind, i, n):
         L.ev[k, 2] = i
         L.ev[k, 3] = n
     L.counters[C_EVENTS] = k + 1
+
+
+@jitable(inline=True)
+def step_label(P, S, g, t):
+    """A step's label in the event log: the engine iteration (its time) in step-conformance
+    mode, else the replica's count of schedule() calls."""
+    if P.unit_steps:
+        return int(t)
+    return S.si[g, STEPS]
 
 
 @jitable
@@ -80,7 +89,7 @@ def _victim_index(Q, S, g):
     for k in range(1, S.si[g, RUN_LEN]):
         r = S.run[g, k]
         if Q.qi[r, PRIORITY] > Q.qi[b, PRIORITY] or (
-                Q.qi[r, PRIORITY] == Q.qi[b, PRIORITY] and Q.arrival[r] > Q.arrival[b]):
+                Q.qi[r, PRIORITY] == Q.qi[b, PRIORITY] and Q.qi[r, ORDER] > Q.qi[b, ORDER]):
             best = k
             b = r
     return best
@@ -93,7 +102,7 @@ def schedule(P, Q, R, S, K, L, g, t, slot):
     ri = R.ri
     plan = S.plan
     S.si[g, STEPS] += 1
-    step = S.si[g, STEPS]
+    step = step_label(P, S, g, t)
     budget = P.max_batched
     lpt = P.lpt if S.si[g, RUN_LEN] + S.si[g, WQ_LEN] > 1 else 0
     n = 0                                  # plan length
@@ -180,6 +189,8 @@ def schedule(P, Q, R, S, K, L, g, t, slot):
             if ri[i, HIT_TOKENS] < 0:      # first admission (vLLM's prefill_stats)
                 ri[i, HIT_TOKENS] = hit_tokens
                 R.rf[i, T_FIRST_SCHED] = t
+            if P.record_events and hit_tokens > 0:
+                log_event(L, step, EV_HIT, i, hit_tokens)
             plan[g, slot, IDS, n] = i
             plan[g, slot, NTOK, n] = new
             n += 1
@@ -212,10 +223,11 @@ def schedule(P, Q, R, S, K, L, g, t, slot):
         if P.record_events:
             log_event(L, step, EV_SCHEDULED, i, m)
     S.si[g, P_LEN + slot] = n
-    base = PLAN_F + 5 * slot
+    base = PLAN_F + PLAN_W * slot
     S.sf[g, base + PF] = pf
     S.sf[g, base + DEC] = dec
     S.sf[g, base + CTX] = ctx
     S.sf[g, base + ATTN] = attn
     S.sf[g, base + GPU] = gpu_time(P, pf, dec, ctx, attn)
+    S.sf[g, base + T_SCHED] = t
     return n_pre, n_adm

@@ -53,13 +53,15 @@ def build_params(engine: ContinuousEngine, step: StepTime, hw: Hardware, max_seq
 
 def simulate_continuous(requests: RequestTable, engine: ContinuousEngine, step: StepTime, hw: Hardware,
                         max_seqs_cap: int | None = None, *, unit_steps: bool = False,
-                        record_events: bool = False, tiebreak: np.ndarray | None = None,
+                        record_events: bool = False, serve_max_tokens: bool = True,
                         progress=None) -> tuple[ContinuousResult, dict[str, np.ndarray] | None]:
-    """Run one simulation. ``unit_steps``: step-conformance mode (arrival times are step
-    indices, every step lasts 1). ``record_events``: also return the per-step event log
-    (scheduled, preempted and finished requests). ``tiebreak``: rank of each request's id
-    for the priority order (default: row order). ``progress(done, total)`` is called
-    between loop slices."""
+    """Run one simulation. ``unit_steps``: step-conformance mode (arrival times are engine
+    iterations, every step lasts 1). ``record_events``: also return the per-step event log
+    (see ``state.EV_*``). ``serve_max_tokens``: a request's max_tokens is capped at
+    ``max_model_len - prompt`` before it reaches the engine, as ``vllm serve`` does
+    (``get_max_tokens``); off, the engine core stops it at ``max_model_len`` itself (the
+    goldens drive the engine core directly). ``progress(done, total)`` is called between
+    loop slices."""
     n = len(requests)
     G = int(hw.replicas)
     hb = engine.hash_block_tokens or requests.hash_block_tokens or engine.block_size
@@ -69,11 +71,13 @@ def simulate_continuous(requests: RequestTable, engine: ContinuousEngine, step: 
         hash_off, hash_val = requests.hash_offsets, requests.hash_values
     else:
         hash_off, hash_val = np.zeros(n + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    max_tokens = requests.output
+    if serve_max_tokens:
+        max_tokens = np.minimum(requests.output, np.maximum(engine.max_model_len - requests.prompt, 1))
     Q = st.new_reqs(
-        requests.arrival, requests.prompt, requests.output,
+        requests.arrival, requests.prompt, max_tokens,
         requests.priority if requests.priority is not None else np.zeros(n, dtype=np.int64),
-        np.arange(n, dtype=np.int64) if tiebreak is None else np.asarray(tiebreak, dtype=np.int64),
-        np.arange(n, dtype=np.int64) % G, hash_off, hash_val)
+        np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64) % G, hash_off, hash_val)
     R = st.new_rstate(n)
     S = st.new_sched(Q.qi[:, st.REPLICA], G, P.max_seqs, P.policy, P.block_size)
     max_blocks = min(-(-engine.max_model_len // engine.block_size), blocks)
@@ -103,6 +107,7 @@ def simulate_continuous(requests: RequestTable, engine: ContinuousEngine, step: 
     loop_cpu_s = time.process_time() - c0
     check_blocks(K, R)
     res = collect(requests, engine, P, R, S, L, G, blocks)
+    check_invariants(res, np.minimum(requests.output, np.maximum(engine.max_model_len - requests.prompt, 0)))
     res.counters["loop_ms"] = int(round(loop_s * 1000))
     res.counters["loop_cpu_ms"] = int(round(loop_cpu_s * 1000))
     events = None
@@ -192,7 +197,6 @@ def collect(requests: RequestTable, engine: ContinuousEngine, P: st.Params, R: s
                                 "num_gpu_blocks": blocks, "block_size": P.block_size,
                                 "async_scheduling": P.async_sched, "cpu_s": P.cpu},
     )
-    check_invariants(res)
     return res
 
 

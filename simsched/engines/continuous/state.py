@@ -7,7 +7,7 @@ COMPUTED]``): a compiled call pays a reference-count update per array it is pass
 the bundles are kept to a few arrays each.
 
 - ``Params``  the settings and the step-time coefficients (scalars, read-only);
-- ``Reqs``    per request, read-only: prompt, max tokens, priority, tie-break rank, replica,
+- ``Reqs``    per request, read-only: prompt, max tokens, priority, arrival rank, replica,
               arrival time, hash ids;
 - ``RState``  per request, mutable: vLLM's ``Request`` counters (``num_computed_tokens``,
               output tokens, async placeholders, in-flight and stale tokens) and the times the
@@ -34,8 +34,9 @@ POLICY_FCFS, POLICY_PRIORITY = 0, 1
 # Rejection reasons (indices into result.REASONS).
 R_KV, R_MAX_LEN, R_EMPTY = 1, 2, 3
 
-# Reqs.qi columns.
-PROMPT, MAX_TOKENS, PRIORITY, TIEBREAK, REPLICA = range(5)
+# Reqs.qi columns. MAX_TOKENS is what the request can emit: min(output, max_model_len - prompt)
+# (vLLM's check_stop); ORDER ranks requests as they arrived (vLLM's arrival_time order).
+PROMPT, MAX_TOKENS, PRIORITY, ORDER, REPLICA = range(5)
 # RState.ri columns (vLLM Request fields: num_computed_tokens, num_output_tokens,
 # num_output_placeholders, num_in_flight_tokens, num_stale_output_tokens, num_preemptions).
 STATUS, COMPUTED, N_OUT, PLACEHOLDERS, IN_FLIGHT, STALE, N_PREEMPT, ROW, HIT_TOKENS, REASON = range(10)
@@ -44,11 +45,13 @@ T_FIRST_SCHED, T_FIRST_TOKEN, T_LAST_TOKEN, ITL_MAX = range(4)
 # Sched.si columns (per replica).
 RUN_LEN, WQ_OFF, WQ_CAP, WQ_HEAD, WQ_LEN, REP_NEXT, REP_END, P_HEAD, P_COUNT, STEPS, P_LEN = range(11)
 N_SI = P_LEN + 2                      # P_LEN, P_LEN + 1: the two plans' lengths
-# Sched.sf columns (per replica): the next tick, then per plan slot (5 columns each) the
-# step's prefill tokens, decode sequences, context tokens, attention term and GPU time.
+# Sched.sf columns (per replica): the next tick, then per plan slot (PLAN_W columns each) the
+# step's prefill tokens, decode sequences, context tokens, attention term, GPU time, and the
+# time it was scheduled.
 TICK, PLAN_F = 0, 1
-PF, DEC, CTX, ATTN, GPU = range(5)
-N_SF = PLAN_F + 10
+PF, DEC, CTX, ATTN, GPU, T_SCHED = range(6)
+PLAN_W = 6
+N_SF = PLAN_F + 2 * PLAN_W
 # Sched.plan[g, slot, field, k].
 IDS, NTOK, PROD = range(3)
 # Pool.kb columns (per block, and the sentinels).
@@ -70,9 +73,13 @@ TS_COLUMNS = ("time", "replica", "running", "waiting", "kv_blocks_used")
 STEP_COLUMNS = ("replica", "time", "duration", "scheduled", "prefill_tokens", "decode_seqs",
                 "context_tokens", "preempted", "admitted", "free_blocks", "running", "waiting")
 EV_STEP_COL, EV_KIND, EV_ID, EV_N = range(4)
-# Event kinds: a scheduled (id, tokens) pair, a preemption, a finish, the end of a schedule()
-# (id = replica, n = free blocks after it), the end of an update (n = free blocks after it).
-EV_SCHEDULED, EV_PREEMPTED, EV_FINISHED, EV_STEP, EV_UPDATE = range(5)
+# Event kinds, each labelled with its step (the schedule() count, or in step-conformance mode
+# the engine iteration): a scheduled (id, tokens) pair, a preemption, a prefix hit (id, tokens),
+# a finish (labelled with the step of the batch whose update finished it), the end of a
+# schedule() (n = free blocks after it), the end of an update (n = free blocks after it), and
+# the running (id) and waiting (n) counts after a schedule() or an update.
+(EV_SCHEDULED, EV_PREEMPTED, EV_HIT, EV_FINISHED, EV_STEP, EV_UPDATE, EV_COUNTS_SCHED,
+ EV_COUNTS_UPDATE) = range(8)
 
 # Inter-token-latency histogram: bin 0 holds gaps <= 1 µs; above, each octave has
 # ITL_PER_OCTAVE bins linear in the mantissa (bin width < 0.4% of the gap), up to 2**37 µs.
@@ -107,8 +114,8 @@ Pool = namedtuple("Pool", ["kb", "ki", "ht", "tbl", "rows", "row_stack", "scratc
 Log = namedtuple("Log", ["counters", "lf", "ts", "steps", "ev", "itl_hist"])
 
 
-def new_reqs(arrival, prompt, max_tokens, priority, tiebreak, replica, hash_off, hash_val) -> Reqs:
-    qi = np.stack([np.asarray(x, dtype=np.int64) for x in (prompt, max_tokens, priority, tiebreak, replica)],
+def new_reqs(arrival, prompt, max_tokens, priority, order, replica, hash_off, hash_val) -> Reqs:
+    qi = np.stack([np.asarray(x, dtype=np.int64) for x in (prompt, max_tokens, priority, order, replica)],
                   axis=1) if len(arrival) else np.zeros((0, 5), dtype=np.int64)
     return Reqs(qi=np.ascontiguousarray(qi), arrival=np.ascontiguousarray(arrival, dtype=np.float64),
                 hash_off=np.ascontiguousarray(hash_off, dtype=np.int64),

@@ -13,18 +13,18 @@ formation only calls ``wq_peek`` / ``wq_pop`` / ``wq_push_back`` / ``wq_push_fro
 """
 from __future__ import annotations
 
-from simsched.engines.continuous.state import POLICY_FCFS, PRIORITY, TIEBREAK, WQ_CAP, WQ_HEAD, WQ_LEN, WQ_OFF
+from simsched.engines.continuous.state import ORDER, POLICY_FCFS, PRIORITY, WQ_CAP, WQ_HEAD, WQ_LEN, WQ_OFF
 from simsched.jit import jitable
 
 
 @jitable(inline=True)
 def before(Q, a, b):
-    """Priority order: ``Request.__lt__`` (``TIEBREAK`` ranks request ids)."""
+    """Priority order: ``Request.__lt__``, (priority, arrival_time, request_id). vLLM stamps
+    ``arrival_time`` when a request is added, so it orders requests as they arrived; ``ORDER``
+    is that rank (unique, so the request-id tie-break is never reached)."""
     if Q.qi[a, PRIORITY] != Q.qi[b, PRIORITY]:
         return Q.qi[a, PRIORITY] < Q.qi[b, PRIORITY]
-    if Q.arrival[a] != Q.arrival[b]:
-        return Q.arrival[a] < Q.arrival[b]
-    return Q.qi[a, TIEBREAK] < Q.qi[b, TIEBREAK]
+    return Q.qi[a, ORDER] < Q.qi[b, ORDER]
 
 
 @jitable
