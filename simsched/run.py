@@ -52,7 +52,7 @@ def build_components(cfg: DictConfig) -> Components:
         raise exc.under("metrics") from None
     comps = Components(sla=sla, window=window, **parts)
     if is_continuous(comps):
-        prepare_continuous(comps.scheduler, comps.latency_model, comps.gpus)
+        prepare_continuous(comps.engine, comps.scheduler, comps.latency_model, comps.gpus)
     elif isinstance(comps.scheduler, VllmScheduler):
         raise ConfigError("scheduler", "vllm is vLLM's own scheduler and runs only on engine=continuous",
                           "vllm", allowed="static_fifo, dynamic_no_bins, multi_bin_dynamic, multi_bin_static")
@@ -75,7 +75,7 @@ def simulate_config(cfg: DictConfig, comps: Components | None = None) -> tuple[A
     requests = comps.workload.generate(wl_rng)
     t1 = time.perf_counter()
     if is_continuous(comps):
-        step, hardware, cap = prepare_continuous(comps.scheduler, comps.latency_model, comps.gpus)
+        step, hardware, cap = prepare_continuous(comps.engine, comps.scheduler, comps.latency_model, comps.gpus)
         res, _ = simulate_continuous(requests, comps.engine, step, hardware, cap)
         t2 = time.perf_counter()
         metrics = compute_serving_metrics(res, comps.sla, comps.window)

@@ -104,6 +104,8 @@ def tick(P, Q, R, S, K, L, g, t):
         busy = S.si[g, P_LEN + head] > 0
     if S.si[g, P_LEN + slot] == 0 and not busy:
         if S.si[g, RUN_LEN] == 0 and S.si[g, WQ_LEN] == 0:
+            if P.record_steps:             # vLLM's last, empty schedule() before it waits
+                record_step(S, K, L, g, t, 0.0, slot, n_pre, n_adm)
             S.si[g, P_COUNT] = 0
             S.sf[g, TICK] = math.inf       # idle until an arrival
             return

@@ -200,7 +200,8 @@ def collect(requests: RequestTable, engine: ContinuousEngine, P: st.Params, R: s
     return res
 
 
-def prepare(scheduler: Any, latency_model: Any, gpus: Any) -> tuple[StepTime, Hardware, int | None]:
+def prepare(engine: ContinuousEngine, scheduler: Any, latency_model: Any, gpus: Any
+            ) -> tuple[StepTime, Hardware, int | None]:
     """What this engine takes from the other groups: the step form of the latency model, the
     replicas' hardware, and a sequence cap from the scheduler group. ``scheduler=vllm`` is
     vLLM itself; ``scheduler=static_fifo`` is FCFS with ``max_num_seqs`` = its batch size;
@@ -226,4 +227,6 @@ def prepare(scheduler: Any, latency_model: Any, gpus: Any) -> tuple[StepTime, Ha
 
         spec = GPUS.get(str(gpus.name).lower())
         memory = spec.memory_gib if spec is not None else None
-    return step, Hardware(int(gpus.count), int(gpus.kv_capacity_tokens), str(gpus.name), memory), cap
+    hw = Hardware(int(gpus.count), int(gpus.kv_capacity_tokens), str(gpus.name), memory)
+    engine.resolved(hw.name, hw.memory_gib, hw.kv_capacity_tokens, cap)   # vLLM's start-up checks
+    return step, hw, cap
