@@ -25,7 +25,7 @@ GROUP_COMPONENTS = {
     "predictor": ["simsched.predictor.Oracle", "simsched.predictor.Noisy"],
     "gpus": ["simsched.cluster.Gpus"],
     "workload": ["simsched.workloads.synthetic.SyntheticWorkload", "simsched.workloads.traces.BurstGPTTrace",
-                 "simsched.workloads.traces.AzureTrace"],
+                 "simsched.workloads.traces.AzureTrace", "simsched.workloads.mooncake.MooncakeTrace"],
     "tracking": ["simsched.tracking.MlflowTracker", "simsched.tracking.NullTracker"],
 }
 
