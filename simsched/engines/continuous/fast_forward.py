@@ -122,6 +122,19 @@ def try_jump(P, Q, R, S, K, L, g, t):
                 return False
     elif S.si[g, P_COUNT] != 0:
         return False
+    # Cheap test first: do even two steps fit before the next event? (The first tick lasts at
+    # least as long as a decode step of B requests with no context.)
+    arrival_bound = math.inf
+    if S.si[g, WQ_LEN] == 0 or P.policy != POLICY_FCFS:
+        nxt = S.si[g, REP_NEXT]
+        if nxt < S.si[g, REP_END]:
+            arrival_bound = Q.arrival[S.rep_reqs[nxt]]
+    s_next = L.lf[LF_TS_NEXT]
+    g_first = S.sf[g, PLAN_F + PLAN_W * hs + GPU]
+    t1_min = t + (tick_length(P, 0.0, g_first) if P.async_sched
+                  else tick_length(P, gpu_time(P, 0.0, 1.0 * B, 0.0, 0.0), 0.0))
+    if not (t1_min < arrival_bound and t1_min <= P.horizon and t1_min <= s_next):
+        return False
     m_lim = 1 << 62
     ctx0 = 0.0
     for k in range(B):
@@ -151,13 +164,6 @@ def try_jump(P, Q, R, S, K, L, g, t):
     free = K.ki[g, N_FREE]
     if m_lim < 2 or _crossings(S, B, bs, 2, i0_at) > free:
         return False
-    arrival_bound = math.inf
-    if S.si[g, WQ_LEN] == 0 or P.policy != POLICY_FCFS:
-        nxt = S.si[g, REP_NEXT]
-        if nxt < S.si[g, REP_END]:
-            arrival_bound = Q.arrival[S.rep_reqs[nxt]]
-    g_first = S.sf[g, PLAN_F + PLAN_W * hs + GPU]
-    s_next = L.lf[LF_TS_NEXT]
     t1 = t + _tick_len(P, B, ctx0, 0, g_first)
     if not (t1 < arrival_bound and t1 <= P.horizon and t1 <= s_next):
         return False                       # not even two steps fit before the next event
