@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from continuous_cases import STEP, differences, random_case
+from continuous_cases import STEP, differences, random_case  # noqa: F401
 from simsched.engines.continuous import ContinuousEngine, Hardware, simulate_continuous
 from simsched.engines.continuous.conformance import golden_engine, golden_requests
 from simsched.workloads import RequestTable
