@@ -11,7 +11,9 @@ sampled tokens of different requests are taken as different.
 
 The chain is a polynomial hash in two independent lanes modulo primes below 2**31, kept in one
 positive int64 key; all products stay below 2**63, so the Python and compiled paths compute
-the same integers (no overflow, no warnings).
+the same integers (no overflow, no warnings). A block whose content is unique to its request
+needs no chain: its key is the negative number -(((request + 1) << 22) + j) - 1, which no other
+block can have (a request holds fewer than 2**22 blocks), and costs no arithmetic.
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ P1, A1 = 2147483647, 1103515245
 P2, A2 = 2147483629, 2654435761 % 2147483629
 LANE = 1 << 31
 ROOT = 1 * LANE + 1 + 1          # the key of the empty prefix (vLLM's NONE_HASH)
-UNIQUE_SALT = 7919
 
 
 @jitable(inline=True)
@@ -54,6 +55,4 @@ def block_key(parent: int, req: int, j: int, prompt: int, block_size: int, hb: i
             key = mix(key, start - k * hb)
             k += 1
         return key
-    key = mix(parent, UNIQUE_SALT)
-    key = mix(key, req)
-    return mix(key, j)
+    return -(((req + 1) << 22) + j) - 1

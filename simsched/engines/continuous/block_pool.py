@@ -58,7 +58,9 @@ def fq_insert_after(kb, at, b):
 
 @jitable(inline=True)
 def ht_slot(key, mask):
-    return (key ^ (key >> 31)) & mask
+    """Fibonacci hashing of the key's folded low 32 bits (no product reaches 2**63)."""
+    k = (key ^ (key >> 29)) & 0xFFFFFFFF
+    return ((k * 1640531527) >> 16) & mask
 
 
 @jitable(inline=True)
