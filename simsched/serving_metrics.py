@@ -143,6 +143,7 @@ def compute_serving_metrics(res: ContinuousResult, sla: Sla, window: Window) -> 
     m["sim_steps_skipped_fraction"] = c["jumped_steps"] / c["steps"] if c["steps"] else 0.0
     m["sim_ticks_per_request"] = c["ticks"] / len(req) if len(req) else math.nan
     m["sim_loop_s"] = c.get("loop_ms", 0) / 1000.0
+    m["sim_loop_cpu_s"] = c.get("loop_cpu_ms", 0) / 1000.0
     for key, value in res.settings.items():
         m[f"engine_{key}"] = value
     return m

@@ -24,7 +24,8 @@ A run may jump over schedule i (i = 0 .. m−1, at tick time t_i) only if, in th
   before the replica's next arrival;
 - t_i is not after the horizon or the next time-series sample (so samples stay exact).
 
-A run needs m ≥ 2 (m = 1 is an ordinary tick).
+A run needs m ≥ MIN_JUMP: entering and leaving a run touches every running request a few times,
+so a run of fewer steps costs more than ordinary ticks.
 """
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ from simsched.engines.continuous.step_time import gpu_time, tick_length
 from simsched.engines.continuous.update import record_itl
 from simsched.engines.continuous.waiting_queue import wq_peek
 from simsched.jit import jitable
+
+
+MIN_JUMP = 4
 
 
 @jitable
@@ -131,10 +135,11 @@ def try_jump(P, Q, R, S, K, L, g, t):
             arrival_bound = Q.arrival[S.rep_reqs[nxt]]
     s_next = L.lf[LF_TS_NEXT]
     g_first = S.sf[g, PLAN_F + PLAN_W * hs + GPU]
-    t1_min = t + (tick_length(P, 0.0, g_first) if P.async_sched
-                  else tick_length(P, gpu_time(P, 0.0, 1.0 * B, 0.0, 0.0), 0.0))
-    if not (t1_min < arrival_bound and t1_min <= P.horizon and t1_min <= s_next):
-        return False
+    d_min = (tick_length(P, 0.0, gpu_time(P, 0.0, 1.0 * B, 0.0, 0.0)) if P.async_sched
+             else tick_length(P, gpu_time(P, 0.0, 1.0 * B, 0.0, 0.0), 0.0))
+    t_min = t + (tick_length(P, 0.0, g_first) if P.async_sched else d_min) + (MIN_JUMP - 2) * d_min
+    if not (t_min < arrival_bound and t_min <= P.horizon and t_min <= s_next):
+        return False                       # not even MIN_JUMP steps fit before the next event
     m_lim = 1 << 62
     ctx0 = 0.0
     for k in range(B):
@@ -162,11 +167,8 @@ def try_jump(P, Q, R, S, K, L, g, t):
         S.scratch[i0_at + k] = i0
         ctx0 += c + 1.0
     free = K.ki[g, N_FREE]
-    if m_lim < 2 or _crossings(S, B, bs, 2, i0_at) > free:
+    if m_lim < MIN_JUMP or _crossings(S, B, bs, MIN_JUMP, i0_at) > free:
         return False
-    t1 = t + _tick_len(P, B, ctx0, 0, g_first)
-    if not (t1 < arrival_bound and t1 <= P.horizon and t1 <= s_next):
-        return False                       # not even two steps fit before the next event
 
     # The WAITING head must stay blocked (otherwise arrivals bound the run, above).
     if S.si[g, WQ_LEN] > 0:
@@ -211,7 +213,7 @@ def try_jump(P, Q, R, S, K, L, g, t):
     while m < m_lim and ti < arrival_bound and ti <= P.horizon and ti <= s_next:
         ti = ti + _tick_len(P, B, ctx0, m, g_first)
         m += 1
-    if m < 2:
+    if m < MIN_JUMP:
         return False
 
     # Bucket the running requests by the step (mod bs) at which they cross a block boundary.
