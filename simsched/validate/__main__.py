@@ -24,6 +24,7 @@ CHECKS = {
     4: "eight_servers",
     5: "sla_capacity",
     6: "seed_table",
+    7: "continuous",
 }
 
 
@@ -40,7 +41,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="reduced sizes and replications (a smoke run)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: outputs/validate/DATE/TIME, like a Hydra run folder)")
-    p.add_argument("--checks", default="1,2,3,4,5,6", help="comma-separated check numbers (default: all)")
+    p.add_argument("--checks", default="1,2,3,4,5,6,7", help="comma-separated check numbers (default: all)")
     p.add_argument("--reps", type=int, default=None, help="replications per point (default 5, quick 3)")
     p.add_argument("--seed", type=int, default=0, help="suite seed (default 0)")
     p.add_argument("--tracking-uri", default=None,
@@ -54,7 +55,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         p.error(f"--checks: expected numbers like 1,2,5 (got {args.checks!r})")
     bad = [c for c in args.check_ids if c not in CHECKS]
     if bad or not args.check_ids:
-        p.error(f"--checks: unknown check {bad[0] if bad else args.checks!r}; allowed: 1-6")
+        p.error(f"--checks: unknown check {bad[0] if bad else args.checks!r}; allowed: 1-7")
     if args.reps is not None and args.reps < 2:
         p.error(f"--reps: needs at least 2 replications for a confidence interval (got {args.reps})")
     return args
