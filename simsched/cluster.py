@@ -1,4 +1,5 @@
-"""The GPU pool: G identical GPUs, each with a KV cache of ``kv_capacity_tokens`` tokens."""
+"""The GPU pool: G identical GPUs, each with a KV cache of ``kv_capacity_tokens`` tokens.
+``memory_gib`` (the device memory) picks vLLM's batch defaults on ``engine=continuous``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,7 +12,10 @@ class Gpus:
     count: int = 2
     kv_capacity_tokens: int = 120_000
     name: str = "H100-80GB"
+    memory_gib: float | None = None
 
     def __post_init__(self) -> None:
         check_positive("count", self.count, integer=True)
         check_positive("kv_capacity_tokens", self.kv_capacity_tokens, integer=True)
+        if self.memory_gib is not None:
+            check_positive("memory_gib", self.memory_gib)

@@ -17,7 +17,9 @@ from typing import Any, List, Optional
 from simsched.errors import ConfigError, SimschedError
 
 GROUP_COMPONENTS = {
-    "scheduler": ["simsched.scheduler.Scheduler"],
+    "engine": ["simsched.engines.run_to_completion_options.RunToCompletionEngine",
+               "simsched.engines.continuous.options.ContinuousEngine"],
+    "scheduler": ["simsched.scheduler.Scheduler", "simsched.scheduler.VllmScheduler"],
     "latency_model": ["simsched.latency.SeedForm", "simsched.latency.Affine", "simsched.latency.StepTime",
                       "simsched.calibration.Calibrated", "simsched.roofline.Roofline"],
     "predictor": ["simsched.predictor.Oracle", "simsched.predictor.Noisy"],
@@ -82,12 +84,6 @@ class MetricsConfig:
 
 
 @dataclass
-class EngineConfig:
-    horizon_s: Optional[float] = None
-    release: str = "batch_end"
-
-
-@dataclass
 class OutputConfig:
     requests_table: bool = True
     batches_table: bool = True
@@ -108,7 +104,7 @@ class SimschedConfig:
     seed: int = 0
     sla: SlaConfig = field(default_factory=SlaConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    engine: EngineConfig = field(default_factory=EngineConfig)
+    engine: Any = None
     output: OutputConfig = field(default_factory=OutputConfig)
 
 

@@ -132,3 +132,51 @@ def format_table(metrics: dict[str, Any], label: str = "") -> str:
     width = max(len(r[0]) for r in rows)
     head = f"simsched {label}".rstrip()
     return "\n".join([head] + [f"  {k.ljust(width)}  {v}" for k, v in rows])
+
+
+def serving_requests_table(res: Any) -> Any:
+    """requests.parquet of a continuous-engine run: vLLM benchmark fields per request."""
+    from simsched.engines.continuous.result import REASONS as C_REASONS
+    from simsched.engines.continuous.result import STATUS_NAMES as C_STATUS
+
+    req = res.requests
+    return _table({
+        "id": np.arange(len(req), dtype=np.int64),
+        "arrival": req.arrival,
+        "first_scheduled": res.first_scheduled,
+        "first_token": res.first_token,
+        "completion": res.finish,
+        "ttft": res.ttft,
+        "tpot": res.tpot,
+        "e2e": res.e2e,
+        "itl_mean": res.tpot,
+        "itl_max": res.itl_max,
+        "prompt_tokens": req.prompt,
+        "output_tokens": req.output,
+        "output_emitted": res.output_emitted,
+        "preemptions": res.preemptions,
+        "prefix_hit_tokens": res.prefix_hit_tokens,
+        "replica": res.replica,
+        "status": _categories(res.status, C_STATUS),
+        "reason": _categories(res.reason, C_REASONS),
+    })
+
+
+def write_serving_tables(out_dir: Path, res: Any, requests: bool = True) -> list[Path]:
+    """requests.parquet, timeseries.parquet (per second and replica) and, when the run
+    recorded them, steps.parquet."""
+    import pyarrow.parquet as pq
+
+    written = []
+    if requests:
+        path = out_dir / "requests.parquet"
+        pq.write_table(serving_requests_table(res), path)
+        written.append(path)
+    path = out_dir / "timeseries.parquet"
+    pq.write_table(_table(res.timeseries), path)
+    written.append(path)
+    if res.steps is not None:
+        path = out_dir / "steps.parquet"
+        pq.write_table(_table(res.steps), path)
+        written.append(path)
+    return written

@@ -14,14 +14,21 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from simsched.config import build
+from simsched.engines.continuous import ContinuousEngine, simulate_continuous
+from simsched.engines.continuous.simulate import prepare as prepare_continuous
 from simsched.engines.run_to_completion import SimResult, simulate
+from simsched.errors import ConfigError
 from simsched.metrics import Sla, Window, compute_metrics
-from simsched.outputs import format_table, plot_latency_cdf, write_metrics, write_tables
+from simsched.outputs import (format_table, plot_latency_cdf, write_metrics, write_serving_tables,
+                              write_tables)
+from simsched.scheduler import VllmScheduler
+from simsched.serving_metrics import compute_serving_metrics, format_serving_table
 from simsched.workloads.summary import format_summary, summarize
 
 
 @dataclass
 class Components:
+    engine: Any
     scheduler: Any
     workload: Any
     latency_model: Any
@@ -32,10 +39,9 @@ class Components:
 
 
 def build_components(cfg: DictConfig) -> Components:
-    """Instantiate every group; a bad value raises ConfigError naming its dotted key."""
-    from simsched.errors import ConfigError
-
-    parts = {g: build(cfg[g], g) for g in ("scheduler", "workload", "latency_model", "predictor", "gpus")}
+    """Instantiate every group; a bad value, or groups that do not go together (a scheduler
+    or latency model the engine cannot run), raises ConfigError naming its dotted key."""
+    parts = {g: build(cfg[g], g) for g in ("engine", "scheduler", "workload", "latency_model", "predictor", "gpus")}
     try:
         sla = Sla(**OmegaConf.to_container(cfg.sla))
     except ConfigError as exc:
@@ -44,11 +50,22 @@ def build_components(cfg: DictConfig) -> Components:
         window = Window(**OmegaConf.to_container(cfg.metrics))
     except ConfigError as exc:
         raise exc.under("metrics") from None
-    return Components(sla=sla, window=window, **parts)
+    comps = Components(sla=sla, window=window, **parts)
+    if is_continuous(comps):
+        prepare_continuous(comps.scheduler, comps.latency_model, comps.gpus)
+    elif isinstance(comps.scheduler, VllmScheduler):
+        raise ConfigError("scheduler", "vllm is vLLM's own scheduler and runs only on engine=continuous",
+                          "vllm", allowed="static_fifo, dynamic_no_bins, multi_bin_dynamic, multi_bin_static")
+    return comps
 
 
-def simulate_config(cfg: DictConfig, comps: Components | None = None) -> tuple[SimResult, dict[str, Any], Components]:
-    """Build and run the simulation of a config; returns the result, its metrics and components."""
+def is_continuous(comps: Components) -> bool:
+    return isinstance(comps.engine, ContinuousEngine)
+
+
+def simulate_config(cfg: DictConfig, comps: Components | None = None) -> tuple[Any, dict[str, Any], Components]:
+    """Build and run the simulation of a config; returns the result (a run-to-completion
+    ``SimResult`` or a ``ContinuousResult``), its metrics and components."""
     comps = comps or build_components(cfg)
     root = np.random.SeedSequence(int(cfg.seed))
     workload_ss, sim_ss = root.spawn(2)
@@ -57,11 +74,18 @@ def simulate_config(cfg: DictConfig, comps: Components | None = None) -> tuple[S
     t0 = time.perf_counter()
     requests = comps.workload.generate(wl_rng)
     t1 = time.perf_counter()
-    res = simulate(requests, comps.scheduler, comps.latency_model, comps.gpus, comps.predictor,
-                   np.random.default_rng(sim_ss), horizon_s=cfg.engine.horizon_s, release=cfg.engine.release)
-    t2 = time.perf_counter()
-    metrics = compute_metrics(res, comps.sla, comps.window, comps.latency_model,
-                              comps.scheduler.batcher.max_batch)
+    if is_continuous(comps):
+        step, hardware, cap = prepare_continuous(comps.scheduler, comps.latency_model, comps.gpus)
+        res, _ = simulate_continuous(requests, comps.engine, step, hardware, cap)
+        t2 = time.perf_counter()
+        metrics = compute_serving_metrics(res, comps.sla, comps.window)
+    else:
+        res = simulate(requests, comps.scheduler, comps.latency_model, comps.gpus, comps.predictor,
+                       np.random.default_rng(sim_ss), horizon_s=comps.engine.horizon_s,
+                       release=comps.engine.release)
+        t2 = time.perf_counter()
+        metrics = compute_metrics(res, comps.sla, comps.window, comps.latency_model,
+                                  comps.scheduler.batcher.max_batch)
     metrics["workload_wall_s"] = t1 - t0
     metrics["sim_wall_s"] = t2 - t1
     metrics["sim_requests_per_s"] = len(requests) / (t2 - t1) if t2 > t1 else float("nan")
@@ -91,6 +115,7 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
 
     rate = arrival_rate(cfg)
     return {
+        "engine": str(cfg.engine.get("name", "")),
         "scheduler": str(cfg.scheduler.get("name", "")),
         "k_bins": str(cfg.scheduler.get("k_bins", 1)),
         "workload": str(cfg.workload.get("name", "")),
@@ -109,13 +134,18 @@ def run(cfg: DictConfig, out_dir: Path, *, tags: dict[str, str] | None = None,
     res, metrics, comps = simulate_config(cfg)
     write_metrics(out_dir / "metrics.json", metrics)
     files = [out_dir / "metrics.json"]
-    files += write_tables(out_dir, res, cfg.output.requests_table, cfg.output.batches_table)
+    continuous = is_continuous(comps)
+    if continuous:
+        files += write_serving_tables(out_dir, res, cfg.output.requests_table)
+    else:
+        files += write_tables(out_dir, res, cfg.output.requests_table, cfg.output.batches_table)
     if cfg.output.plots:
         files.append(plot_latency_cdf(out_dir / "latency_cdf.png", res, str(cfg.scheduler.get("name", ""))))
     if not cfg.output.quiet:
+        label = (f"{cfg.engine.get('name', '')}/{cfg.scheduler.get('name', '')} on {comps.gpus.count} GPU(s), "
+                 f"workload {cfg.workload.get('name', '')}")
         print(format_summary(metrics))
-        print(format_table(metrics, f"{cfg.scheduler.get('name', '')} on {comps.gpus.count} GPU(s), "
-                                    f"workload {cfg.workload.get('name', '')}"))
+        print(format_serving_table(metrics, label) if continuous else format_table(metrics, label))
         print(f"  outputs in {out_dir}")
     hydra_dir = out_dir / ".hydra"
     if hydra_dir.is_dir():

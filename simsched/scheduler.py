@@ -54,3 +54,11 @@ class Scheduler:
     def assign_bins(self, predicted: np.ndarray, cuts: np.ndarray) -> np.ndarray:
         """Bin index per request: bin i holds cuts[i−1] <= predicted < cuts[i]."""
         return np.searchsorted(cuts, predicted, side="right").astype(np.int32)
+
+
+@dataclass(frozen=True)
+class VllmScheduler:
+    """``scheduler=vllm``: vLLM's own scheduler, which only ``engine=continuous`` runs. Its
+    waiting-queue policy (fcfs | priority) and limits are the ``engine.*`` settings."""
+
+    name: str = "vllm"

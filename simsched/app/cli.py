@@ -128,7 +128,7 @@ def _check_value(cfg: Any, key: str, value: Any, overrides: list[str], compose_b
         _fail(str(exc))
 
 
-_GROUPS = ("scheduler", "workload", "latency_model", "predictor", "gpus", "tracking")
+_GROUPS = ("engine", "scheduler", "workload", "latency_model", "predictor", "gpus", "tracking")
 
 
 def precheck(config_dir: str, argv: list[str]) -> None:

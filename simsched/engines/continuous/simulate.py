@@ -1,0 +1,229 @@
+"""Build the arrays of a continuous-engine run, run the loop, and collect the result."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from simsched.engines.continuous import state as st
+from simsched.engines.continuous.loop import DONE, PAUSE_BUDGET, PAUSE_EVENTS, PAUSE_STEPS, PAUSE_TS, run_loop
+from simsched.engines.continuous.options import ContinuousEngine
+from simsched.engines.continuous.step_time import as_step_time
+from simsched.engines.continuous.result import (COMPLETED, NOT_ARRIVED, REASONS, REJECTED, UNFINISHED,
+                                                ContinuousResult, check_invariants)
+from simsched.jit import kernel, quiet_compile
+from simsched.latency import StepTime
+from simsched.workloads.requests import RequestTable
+
+TICKS_PER_CALL = 1 << 40
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What the engine needs to know of a replica's GPU."""
+
+    replicas: int
+    kv_capacity_tokens: int
+    name: str = ""
+    memory_gib: float | None = None
+
+
+def build_params(engine: ContinuousEngine, step: StepTime, hw: Hardware, max_seqs_cap: int | None,
+                 hash_block_tokens: int, unit_steps: bool = False, record_events: bool = False) -> st.Params:
+    res = engine.resolved(hw.name, hw.memory_gib, hw.kv_capacity_tokens, max_seqs_cap)
+    cpu = step.cpu_s if engine.step_cpu_s is None else engine.step_cpu_s
+    return st.Params(
+        max_batched=int(res.max_num_batched_tokens), max_seqs=int(res.max_num_seqs),
+        block_size=int(engine.block_size), max_model_len=int(engine.max_model_len),
+        lpt=int(engine.long_prefill_token_threshold), caching=bool(engine.enable_prefix_caching),
+        policy=st.POLICY_FCFS if engine.policy == "fcfs" else st.POLICY_PRIORITY,
+        async_sched=bool(engine.async_scheduling), gate=bool(engine.full_sequence_gate),
+        watermark_blocks=int(engine.watermark * res.num_gpu_blocks), fast_forward=bool(engine.fast_forward),
+        unit_steps=bool(unit_steps), record_steps=bool(engine.steps_table), record_events=bool(record_events),
+        hash_block_tokens=int(hash_block_tokens),
+        c0=float(step.c0_s), c_pf=float(step.c_pf_s), c_dec=float(step.c_dec_s), c_ctx=float(step.c_ctx_s),
+        c_attn=float(step.c_attn_s), cpu=float(cpu),
+        horizon=math.inf if engine.horizon_s is None else float(engine.horizon_s),
+        ts_interval=math.inf if unit_steps else float(engine.timeseries_interval_s),
+    )
+
+
+def simulate_continuous(requests: RequestTable, engine: ContinuousEngine, step: StepTime, hw: Hardware,
+                        max_seqs_cap: int | None = None, *, unit_steps: bool = False,
+                        record_events: bool = False, serve_max_tokens: bool = True,
+                        progress=None) -> tuple[ContinuousResult, dict[str, np.ndarray] | None]:
+    """Run one simulation. ``unit_steps``: step-conformance mode (arrival times are engine
+    iterations, every step lasts 1). ``record_events``: also return the per-step event log
+    (see ``state.EV_*``). ``serve_max_tokens``: a request's max_tokens is capped at
+    ``max_model_len - prompt`` before it reaches the engine, as ``vllm serve`` does
+    (``get_max_tokens``); off, the engine core stops it at ``max_model_len`` itself (the
+    goldens drive the engine core directly). ``progress(done, total)`` is called between
+    loop slices."""
+    n = len(requests)
+    G = int(hw.replicas)
+    hb = engine.hash_block_tokens or requests.hash_block_tokens or engine.block_size
+    P = build_params(engine, step, hw, max_seqs_cap, hb, unit_steps, record_events)
+    blocks = engine.resolved(hw.name, hw.memory_gib, hw.kv_capacity_tokens, max_seqs_cap).num_gpu_blocks
+    if requests.hash_offsets is not None:
+        hash_off, hash_val = requests.hash_offsets, requests.hash_values
+    else:
+        hash_off, hash_val = np.zeros(n + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    max_tokens = requests.output
+    if serve_max_tokens:
+        max_tokens = np.minimum(requests.output, np.maximum(engine.max_model_len - requests.prompt, 1))
+    Q = st.new_reqs(
+        requests.arrival, requests.prompt, max_tokens,
+        requests.priority if requests.priority is not None else np.zeros(n, dtype=np.int64),
+        np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64) % G, hash_off, hash_val)
+    R = st.new_rstate(n)
+    S = st.new_sched(Q.qi[:, st.REPLICA], G, P.max_seqs, P.policy, P.block_size)
+    max_blocks = min(-(-engine.max_model_len // engine.block_size), blocks)
+    K = st.new_pool(np.full(G, blocks, dtype=np.int64), P.max_seqs, max_blocks)
+    span = float(requests.arrival[-1] - requests.arrival[0]) if n else 0.0
+    ts_cap = G * (int(span / P.ts_interval) + 64) if math.isfinite(P.ts_interval) else 0
+    L = st.new_log(ts_cap, 1024 if P.record_steps else 0, 4096 if record_events else 0)
+    if n and math.isfinite(P.ts_interval):
+        L.lf[st.LF_TS_NEXT] = math.floor(float(requests.arrival[0]) / P.ts_interval) * P.ts_interval
+    else:
+        L.lf[st.LF_TS_NEXT] = math.inf
+    loop = kernel(run_loop, n, nrt=False)
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    per_call = TICKS_PER_CALL if progress is None else max(1000, 4 * n // 100)
+    while True:
+        with quiet_compile():
+            code = loop(P, Q, R, S, K, L, per_call)
+        if code == DONE:
+            break
+        if code == PAUSE_BUDGET:
+            if progress is not None:
+                progress(int(L.counters[st.C_ARRIVAL_PTR]), n)
+            continue
+        L = st.grow_log(L, code == PAUSE_TS, code == PAUSE_STEPS, code == PAUSE_EVENTS)
+    loop_s = time.perf_counter() - t0
+    loop_cpu_s = time.process_time() - c0
+    check_blocks(K, R)
+    res = collect(requests, engine, P, R, S, L, G, blocks)
+    check_invariants(res, np.minimum(requests.output, np.maximum(engine.max_model_len - requests.prompt, 0)))
+    res.counters["loop_ms"] = int(round(loop_s * 1000))
+    res.counters["loop_cpu_ms"] = int(round(loop_cpu_s * 1000))
+    events = None
+    if record_events:
+        ev = L.ev[:int(L.counters[st.C_EVENTS])]
+        events = {"step": ev[:, 0].copy(), "kind": ev[:, 1].copy(), "id": ev[:, 2].copy(), "n": ev[:, 3].copy()}
+    return res, events
+
+
+def check_blocks(K: st.Pool, R: st.RState) -> None:
+    """Block conservation (I2): on every replica, free blocks + referenced blocks + the null
+    block = all blocks; each block's reference count equals the block tables holding it; the
+    free queue holds exactly the unreferenced blocks, each once."""
+    G = len(K.ki)
+    total = len(K.kb) - 2 * G
+    held = np.zeros(total, dtype=np.int64)
+    rows = R.ri[:, st.ROW]
+    for row in rows[rows >= 0]:
+        np.add.at(held, K.tbl[row, :K.rows[row, st.ROW_N]], 1)
+    ref = K.kb[:total, st.REF]
+    if not np.array_equal(held, ref):
+        raise AssertionError("block conservation violated: reference counts differ from block tables")
+    nxt = K.kb[:, st.NXT]
+    for g in range(G):
+        lo, hi = int(K.ki[g, st.BOFF]), int(K.ki[g, st.BOFF] + K.ki[g, st.NBLK])
+        seen = np.zeros(total, dtype=bool)
+        b = int(nxt[total + 2 * g])
+        count = 0
+        while b != total + 2 * g + 1:
+            if not lo < b < hi or seen[b] or ref[b] != 0:
+                raise AssertionError(f"block conservation violated: free queue of replica {g} is corrupt")
+            seen[b] = True
+            count += 1
+            b = int(nxt[b])
+        refd = int(np.count_nonzero(ref[lo:hi]))
+        if count != K.ki[g, st.N_FREE] or count + refd + 1 != K.ki[g, st.NBLK]:
+            raise AssertionError(f"block conservation violated on replica {g}: free {count}, counted "
+                                 f"{int(K.ki[g, st.N_FREE])}, referenced {refd}, total {int(K.ki[g, st.NBLK])}")
+
+
+def collect(requests: RequestTable, engine: ContinuousEngine, P: st.Params, R: st.RState, S: st.Sched,
+            L: st.Log, G: int, blocks: int) -> ContinuousResult:
+    n = len(requests)
+    ri, rf = R.ri, R.rf
+    status = np.full(n, UNFINISHED, dtype=np.int8)
+    reason = np.zeros(n, dtype=np.int8)
+    rs = ri[:, st.STATUS]
+    status[rs == st.FINISHED] = COMPLETED
+    rej = rs == st.REJECTED
+    status[rej] = REJECTED
+    reason[rej] = ri[rej, st.REASON]   # R_KV, R_MAX_LEN, R_EMPTY are REASONS indices 1..3
+    reason[(rs == st.WAITING) | (rs == st.PREEMPTED)] = REASONS.index("waiting_at_horizon")
+    reason[rs == st.RUNNING] = REASONS.index("running_at_horizon")
+    na = rs == st.NOT_ARRIVED
+    status[na] = NOT_ARRIVED
+    reason[na] = REASONS.index("after_horizon")
+    last = rf[:, st.T_LAST_TOKEN]
+    if math.isfinite(P.horizon):
+        end = P.horizon
+    else:
+        times = np.concatenate((requests.arrival[-1:], last[np.isfinite(last)]))
+        end = float(times.max()) if len(times) else 0.0
+    done = status == COMPLETED
+    n_out = ri[:, st.N_OUT].copy()
+    k = int(L.counters[st.C_TS])
+    ts = {name: L.ts[:k, j].copy() for j, name in enumerate(st.TS_COLUMNS)}
+    for name in ("replica", "running", "waiting", "kv_blocks_used"):
+        ts[name] = ts[name].astype(np.int32 if name == "replica" else np.int64)
+    steps = None
+    if P.record_steps:
+        k = int(L.counters[st.C_STEPS])
+        steps = {name: L.steps[:k, j].copy() for j, name in enumerate(st.STEP_COLUMNS)}
+        for name in st.STEP_COLUMNS:
+            if name not in ("time", "duration"):
+                steps[name] = steps[name].astype(np.int32 if name == "replica" else np.int64)
+    c = L.counters
+    counters = {"ticks": int(c[st.C_TICKS]), "jumps": int(c[st.C_JUMPS]), "jumped_steps": int(c[st.C_JUMPED_STEPS]),
+                "steps": int(S.si[:, st.STEPS].sum())}
+    res = ContinuousResult(
+        requests=requests, status=status, reason=reason, replica=(np.arange(n) % G).astype(np.int32),
+        first_scheduled=rf[:, st.T_FIRST_SCHED].copy(), first_token=rf[:, st.T_FIRST_TOKEN].copy(),
+        finish=np.where(done, last, np.nan), itl_max=np.where(n_out > 1, rf[:, st.ITL_MAX], np.nan),
+        output_emitted=n_out, preemptions=ri[:, st.N_PREEMPT].copy(), prefix_hit_tokens=ri[:, st.HIT_TOKENS].copy(),
+        timeseries=ts, steps=steps, itl_hist=L.itl_hist.copy(), itl_sum=float(L.lf[st.LF_ITL_SUM]),
+        itl_count=float(L.lf[st.LF_ITL_N]), counters=counters, num_replicas=G, num_gpu_blocks=blocks,
+        end_time=end, settings={"max_num_batched_tokens": P.max_batched, "max_num_seqs": P.max_seqs,
+                                "num_gpu_blocks": blocks, "block_size": P.block_size,
+                                "async_scheduling": P.async_sched, "cpu_s": P.cpu},
+    )
+    return res
+
+
+def prepare(scheduler: Any, latency_model: Any, gpus: Any) -> tuple[StepTime, Hardware, int | None]:
+    """What this engine takes from the other groups: the step form of the latency model, the
+    replicas' hardware, and a sequence cap from the scheduler group. ``scheduler=vllm`` is
+    vLLM itself; ``scheduler=static_fifo`` is FCFS with ``max_num_seqs`` = its batch size;
+    other schedulers are run-to-completion batch policies (issue 12 ports them)."""
+    from simsched.errors import ConfigError
+    from simsched.scheduler import Scheduler, VllmScheduler
+
+    cap = None
+    if isinstance(scheduler, Scheduler):
+        batcher = scheduler.batcher
+        if scheduler.k_bins == 1 and type(batcher).__name__ == "FixedBatcher":
+            cap = int(batcher.batch_size)
+        else:
+            raise ConfigError("scheduler", f"'{scheduler.name}' batches run to completion and does not run on "
+                              "engine=continuous yet", allowed="vllm, static_fifo")
+    elif not isinstance(scheduler, VllmScheduler):
+        raise ConfigError("scheduler", "does not run on engine=continuous", getattr(scheduler, "name", None),
+                          allowed="vllm, static_fifo")
+    step = as_step_time(latency_model)
+    memory = getattr(gpus, "memory_gib", None)
+    if memory is None:
+        from simsched.roofline import GPUS
+
+        spec = GPUS.get(str(gpus.name).lower())
+        memory = spec.memory_gib if spec is not None else None
+    return step, Hardware(int(gpus.count), int(gpus.kv_capacity_tokens), str(gpus.name), memory), cap

@@ -1,0 +1,208 @@
+"""The continuous engine's state, as plain arrays (STYLE "state as plain arrays").
+
+Six bundles, each a namedtuple of a few numpy arrays (``Params`` holds scalars), so the same
+functions run as plain Python on small runs and compiled by numba on large ones. Related
+integers share one 2-D array whose columns are named by the constants below (``R.ri[i,
+COMPUTED]``): a compiled call pays a reference-count update per array it is passed, so
+the bundles are kept to a few arrays each.
+
+- ``Params``  the settings and the step-time coefficients (scalars, read-only);
+- ``Reqs``    per request, read-only: prompt, max tokens, priority, arrival rank, replica,
+              arrival time, hash ids;
+- ``RState``  per request, mutable: vLLM's ``Request`` counters (``num_computed_tokens``,
+              output tokens, async placeholders, in-flight and stale tokens) and the times the
+              metrics need;
+- ``Sched``   per replica: the RUNNING list, the WAITING queue, the two plans a step can have
+              in flight (vLLM's batch queue), the clock;
+- ``Pool``    per replica: the KV block pool (free queue, prefix-cache hash table, block tables);
+- ``Log``     what is recorded: time series, steps, step events, inter-token-latency histogram.
+
+A request index is its row in the workload (arrival order). Replica ``g``'s blocks are the
+global block ids ``boff .. boff + nblk - 1``; the first of them is vLLM's null block. Row
+``NB + 2g`` and ``NB + 2g + 1`` of ``Pool.kb`` (NB = all blocks) are the head and tail
+sentinels of replica g's free queue.
+"""
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+
+# Request status (vLLM RequestStatus, plus the simulator's own outcomes).
+NOT_ARRIVED, WAITING, RUNNING, PREEMPTED, FINISHED, REJECTED = 0, 1, 2, 3, 4, 5
+POLICY_FCFS, POLICY_PRIORITY = 0, 1
+# Rejection reasons (indices into result.REASONS).
+R_KV, R_MAX_LEN, R_EMPTY = 1, 2, 3
+
+# Reqs.qi columns. MAX_TOKENS is what the request can emit: min(output, max_model_len - prompt)
+# (vLLM's check_stop); ORDER ranks requests as they arrived (vLLM's arrival_time order).
+PROMPT, MAX_TOKENS, PRIORITY, ORDER, REPLICA = range(5)
+# RState.ri columns (vLLM Request fields: num_computed_tokens, num_output_tokens,
+# num_output_placeholders, num_in_flight_tokens, num_stale_output_tokens, num_preemptions).
+STATUS, COMPUTED, N_OUT, PLACEHOLDERS, IN_FLIGHT, STALE, N_PREEMPT, ROW, HIT_TOKENS, REASON = range(10)
+# RState.rf columns.
+T_FIRST_SCHED, T_FIRST_TOKEN, T_LAST_TOKEN, ITL_MAX = range(4)
+# Sched.si columns (per replica).
+RUN_LEN, WQ_OFF, WQ_CAP, WQ_HEAD, WQ_LEN, REP_NEXT, REP_END, P_HEAD, P_COUNT, STEPS, P_LEN = range(11)
+N_SI = P_LEN + 2                      # P_LEN, P_LEN + 1: the two plans' lengths
+# Sched.sf columns (per replica): the next tick, then per plan slot (PLAN_W columns each) the
+# step's prefill tokens, decode sequences, context tokens, attention term, GPU time, and the
+# time it was scheduled.
+TICK, PLAN_F = 0, 1
+PF, DEC, CTX, ATTN, GPU, T_SCHED = range(6)
+PLAN_W = 6
+N_SF = PLAN_F + 2 * PLAN_W
+# Sched.plan[g, slot, field, k].
+IDS, NTOK, PROD = range(3)
+# Pool.kb columns (per block, and the sentinels).
+NXT, PRV, REF, BHASH = range(4)
+# Pool.ki columns (per replica).
+BOFF, NBLK, N_FREE, HT_OFF, HT_MASK, ROW_TOP = range(6)
+# Pool.rows columns (per block-table row).
+ROW_N, ROW_CACHED, ROW_HASH = range(3)
+# Pool.scratch rows.
+HITS, TMP_A, TMP_B = range(3)
+
+# Log.counters.
+C_ARRIVAL_PTR, C_TICKS, C_JUMPS, C_JUMPED_STEPS, C_TS, C_STEPS, C_EVENTS = range(7)
+N_COUNTERS = 7
+# Log.lf: the next time-series sample, Σ ITL, number of ITLs.
+LF_TS_NEXT, LF_ITL_SUM, LF_ITL_N = range(3)
+# Log.ts columns, Log.steps columns, Log.ev columns.
+TS_COLUMNS = ("time", "replica", "running", "waiting", "kv_blocks_used")
+STEP_COLUMNS = ("replica", "time", "duration", "scheduled", "prefill_tokens", "decode_seqs",
+                "context_tokens", "preempted", "admitted", "free_blocks", "running", "waiting")
+EV_STEP_COL, EV_KIND, EV_ID, EV_N = range(4)
+# Event kinds, each labelled with its step (the schedule() count, or in step-conformance mode
+# the engine iteration): a scheduled (id, tokens) pair, a preemption, a prefix hit (id, tokens),
+# a finish (labelled with the step of the batch whose update finished it), the end of a
+# schedule() (n = free blocks after it), the end of an update (n = free blocks after it), and
+# the running (id) and waiting (n) counts after a schedule() or an update.
+(EV_SCHEDULED, EV_PREEMPTED, EV_HIT, EV_FINISHED, EV_STEP, EV_UPDATE, EV_COUNTS_SCHED,
+ EV_COUNTS_UPDATE) = range(8)
+
+# Inter-token-latency histogram: bin 0 holds gaps <= 1 µs; above, each octave has
+# ITL_PER_OCTAVE bins linear in the mantissa (bin width < 0.4% of the gap), up to 2**37 µs.
+ITL_LO, ITL_OCTAVES, ITL_PER_OCTAVE = 1e-6, 37, 256
+ITL_BINS = ITL_OCTAVES * ITL_PER_OCTAVE + 2   # + underflow and overflow bins
+
+Params = namedtuple("Params", [
+    "max_batched",        # max_num_batched_tokens (= max_num_scheduled_tokens: no spec decode)
+    "max_seqs",           # max_num_seqs
+    "block_size",
+    "max_model_len",
+    "lpt",                # long_prefill_token_threshold (0: off)
+    "caching",            # enable_prefix_caching
+    "policy",             # POLICY_FCFS | POLICY_PRIORITY
+    "async_sched",        # async_scheduling: two steps in flight
+    "gate",               # full_sequence_gate (scheduler_reserve_full_isl)
+    "watermark_blocks",   # int(watermark * num_gpu_blocks)
+    "fast_forward",
+    "unit_steps",         # conformance mode: every step lasts 1 (time = step index)
+    "record_steps",       # steps table
+    "record_events",      # step event log (conformance)
+    "hash_block_tokens",  # tokens per workload hash id
+    "c0", "c_pf", "c_dec", "c_ctx", "c_attn", "cpu",   # step time (StepTime) and CPU per step
+    "horizon",            # inf: none
+    "ts_interval",        # time-series sampling period (inf: off)
+])
+
+Reqs = namedtuple("Reqs", ["qi", "arrival", "hash_off", "hash_val"])
+RState = namedtuple("RState", ["ri", "rf"])
+Sched = namedtuple("Sched", ["si", "sf", "run", "plan", "wq", "rep_reqs", "scratch"])
+Pool = namedtuple("Pool", ["kb", "ki", "ht", "tbl", "rows", "row_stack", "scratch"])
+Log = namedtuple("Log", ["counters", "lf", "ts", "steps", "ev", "itl_hist"])
+
+
+def new_reqs(arrival, prompt, max_tokens, priority, order, replica, hash_off, hash_val) -> Reqs:
+    qi = np.stack([np.asarray(x, dtype=np.int64) for x in (prompt, max_tokens, priority, order, replica)],
+                  axis=1) if len(arrival) else np.zeros((0, 5), dtype=np.int64)
+    return Reqs(qi=np.ascontiguousarray(qi), arrival=np.ascontiguousarray(arrival, dtype=np.float64),
+                hash_off=np.ascontiguousarray(hash_off, dtype=np.int64),
+                hash_val=np.ascontiguousarray(hash_val, dtype=np.int64))
+
+
+def new_rstate(n: int) -> RState:
+    ri = np.zeros((n, 10), dtype=np.int64)
+    ri[:, STATUS] = NOT_ARRIVED
+    ri[:, ROW] = -1
+    ri[:, HIT_TOKENS] = -1
+    rf = np.full((n, 4), np.nan)
+    rf[:, ITL_MAX] = 0.0
+    return RState(ri=ri, rf=rf)
+
+
+def scratch_layout(max_seqs: int, block_size: int) -> tuple[int, int, int, int]:
+    """Offsets in ``Sched.scratch``: skipped ids, fast-forward phases, order, bucket starts."""
+    S = max_seqs
+    return 0, S + 1, 2 * S + 1, 3 * S + 1
+
+
+def new_sched(replica: np.ndarray, num_replicas: int, max_seqs: int, policy: int, block_size: int) -> Sched:
+    """Queues sized for every request a replica can receive (its ring or heap never grows)."""
+    G, S = num_replicas, max_seqs
+    counts = np.bincount(replica, minlength=G).astype(np.int64)
+    if policy == POLICY_FCFS:   # a ring buffer: capacity a power of two
+        cap = np.array([1 << int(max(c, 1)).bit_length() for c in counts], dtype=np.int64)
+    else:
+        cap = np.maximum(counts, 1)
+    si = np.zeros((G, N_SI), dtype=np.int64)
+    si[:, WQ_OFF] = np.concatenate(([0], np.cumsum(cap)[:-1]))
+    si[:, WQ_CAP] = cap
+    rep_off = np.concatenate(([0], np.cumsum(counts)))
+    si[:, REP_NEXT] = rep_off[:-1]
+    si[:, REP_END] = rep_off[1:]
+    sf = np.zeros((G, N_SF))
+    sf[:, TICK] = np.inf
+    return Sched(si=si, sf=sf, run=np.zeros((G, S), dtype=np.int64),
+                 plan=np.zeros((G, 2, 3, S), dtype=np.int64), wq=np.zeros(int(cap.sum()), dtype=np.int64),
+                 rep_reqs=np.argsort(replica, kind="stable").astype(np.int64),
+                 scratch=np.zeros(3 * S + block_size + 2, dtype=np.int64))
+
+
+def new_pool(blocks_per_replica: np.ndarray, max_seqs: int, max_blocks: int) -> Pool:
+    """Every replica's free queue holds its blocks 1..n-1 in id order (block 0 is the null
+    block), as ``FreeKVCacheBlockQueue`` starts."""
+    G = len(blocks_per_replica)
+    nblk = np.asarray(blocks_per_replica, dtype=np.int64)
+    total = int(nblk.sum())
+    boff = np.concatenate(([0], np.cumsum(nblk)[:-1])).astype(np.int64)
+    kb = np.zeros((total + 2 * G, 4), dtype=np.int64)
+    kb[:, NXT] = -1
+    kb[:, PRV] = -1
+    for g in range(G):
+        head, tail = total + 2 * g, total + 2 * g + 1
+        chain = np.concatenate(([head], np.arange(boff[g] + 1, boff[g] + nblk[g]), [tail])).astype(np.int64)
+        kb[chain[:-1], NXT] = chain[1:]
+        kb[chain[1:], PRV] = chain[:-1]
+    ht_cap = np.array([1 << int(2 * max(n, 2)).bit_length() for n in nblk], dtype=np.int64)
+    ki = np.zeros((G, 6), dtype=np.int64)
+    ki[:, BOFF] = boff
+    ki[:, NBLK] = nblk
+    ki[:, N_FREE] = nblk - 1
+    ki[:, HT_OFF] = np.concatenate(([0], np.cumsum(ht_cap)[:-1]))
+    ki[:, HT_MASK] = ht_cap - 1
+    ki[:, ROW_TOP] = max_seqs
+    rows = G * max_seqs
+    return Pool(kb=kb, ki=ki, ht=np.zeros((int(ht_cap.sum()), 2), dtype=np.int64),
+                tbl=np.zeros((rows, max_blocks), dtype=np.int64), rows=np.zeros((rows, 3), dtype=np.int64),
+                row_stack=np.array([[g * max_seqs + s for s in range(max_seqs - 1, -1, -1)] for g in range(G)],
+                                   dtype=np.int64).reshape(G, max_seqs),
+                scratch=np.zeros((3, max_blocks), dtype=np.int64))
+
+
+def new_log(ts_cap: int, st_cap: int, ev_cap: int) -> Log:
+    return Log(counters=np.zeros(N_COUNTERS, dtype=np.int64), lf=np.zeros(3),
+               ts=np.zeros((ts_cap, len(TS_COLUMNS))), steps=np.zeros((st_cap, len(STEP_COLUMNS))),
+               ev=np.zeros((ev_cap, 4), dtype=np.int64), itl_hist=np.zeros(ITL_BINS))
+
+
+def grow_log(log: Log, ts: bool, st: bool, ev: bool) -> Log:
+    """A copy of ``log`` with the full buffers doubled (the loop pauses when one fills)."""
+    def grow(a: np.ndarray) -> np.ndarray:
+        out = np.zeros((2 * len(a) + 64,) + a.shape[1:], dtype=a.dtype)
+        out[:len(a)] = a
+        return out
+
+    return log._replace(ts=grow(log.ts) if ts else log.ts, steps=grow(log.steps) if st else log.steps,
+                        ev=grow(log.ev) if ev else log.ev)
