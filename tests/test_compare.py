@@ -116,6 +116,14 @@ def test_tracking_logs_one_run_to_sqlite(tmp_path):
     assert {"errors.csv", "requests.csv", "cdf.png", "summary.json", "config.yaml"} <= names
 
 
+def test_an_unreachable_tracking_server_costs_a_warning_not_the_results(tmp_path, caplog):
+    out = tmp_path / "out"
+    compare("--out", str(out), "tracking.uri=http://127.0.0.1:9", "latency_model=roofline",
+            "latency_model.model=codellama_34b", *SERVER)
+    assert "MLflow tracking skipped" in caplog.text
+    assert (out / "errors.csv").is_file() and (out / "summary.json").is_file()
+
+
 def test_a_vllm_bench_result_is_compared_too(tmp_path):
     """A vllm bench serve result without start_times: arrivals regenerated as vLLM draws them."""
     rng = np.random.default_rng(3)

@@ -26,8 +26,9 @@ Replay the requests of a real vLLM benchmark run (RESULT: the JSON of vllm bench
 ttft_s, e2e_s) through the continuous engine and report the simulated-vs-measured error, e.g.
 
   python -m simsched.compare data/vllm_runs/codellama34b_h100_guidellm_sweep.csv --by phase \\
-      --fit-isolated engine.max_num_batched_tokens=4096 engine.max_num_seqs=256 \\
-      engine.num_gpu_blocks=2537 engine.max_model_len=4096
+      --fit-isolated gpus=h100 gpus.count=1 latency_model.model=codellama_34b \\
+      engine.max_num_batched_tokens=4096 engine.max_num_seqs=256 engine.num_gpu_blocks=2537 \\
+      engine.max_model_len=4096 engine.async_scheduling=false engine.full_sequence_gate=false
 
 The overrides are those of python -m simsched (engine=continuous is implied)."""
 
