@@ -158,6 +158,11 @@ MODELS = MappingProxyType({
                             head_dim=128, intermediate_size=25600, vocab_size=151936, tie_embeddings=False,
                             attention_bias=False, qk_norm=True,
                             source="Qwen/Qwen3-32B config.json (32.8B parameters)"),
+    "codellama_34b": ModelShape("CodeLlama-34B", num_layers=48, hidden_size=8192, num_heads=64, num_kv_heads=8,
+                                head_dim=128, intermediate_size=22016, vocab_size=32000, tie_embeddings=False,
+                                attention_bias=False, qk_norm=False,
+                                source="codellama/CodeLlama-34b-Instruct-hf config.json (33.74B parameters; "
+                                       "the measured run in data/vllm_runs loads 62.86 GiB of bf16 weights)"),
     "llama3_70b": ModelShape("Llama-3-70B", num_layers=80, hidden_size=8192, num_heads=64, num_kv_heads=8,
                              head_dim=128, intermediate_size=28672, vocab_size=128256, tie_embeddings=False,
                              attention_bias=False, qk_norm=False,
