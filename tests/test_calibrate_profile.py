@@ -274,3 +274,33 @@ def test_graphs_on_without_cuda_and_cuda_without_a_gpu_are_one_line(tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == ["error: device: CUDA is not available on this machine (got 'cuda'); allowed: auto, cpu"]
     assert not (tmp_path / "r").exists()
+
+
+def test_gpu_script_runs_on_a_bare_machine_and_the_fit_reads_its_csv(tmp_path):
+    """The lent GPU has torch and transformers only: with pandas, pyarrow, Hydra, OmegaConf,
+    MLflow, scipy and matplotlib unimportable the script still runs (CSV samples), a failing
+    model does not stop the others, and the fit (elsewhere) reads the CSV."""
+    script = f"""
+import sys
+for name in ("pandas", "pyarrow", "hydra", "omegaconf", "mlflow", "scipy", "matplotlib"):
+    sys.modules[name] = None
+from calibrate import gpu_grid
+rc = gpu_grid.main(["--out", {str(tmp_path)!r}, "--models", "no_such_model,tiny", "--device", "cpu", "--dtype",
+                    "float32", "--prefill-batch-sizes", "1,2,4", "--prefill-lens", "4,8", "--decode-batch-sizes",
+                    "1,2,4", "--decode-contexts", "8,16", "--decode-steps", "2", "--prefill-steps", "1",
+                    "--warmup-s", "0", "--threads", "1", "--quiet"])
+print("rc", rc)
+"""
+    res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                         timeout=300)
+    assert "rc 2" in res.stdout, res.stderr[-3000:]
+    assert res.stderr.strip().splitlines()[-1].startswith("error: no_such_model: model: neither a preset")
+    run = json.loads((tmp_path / "gpu_run.json").read_text())
+    assert run["models"]["no_such_model"]["status"] == "error" and run["models"]["tiny"]["status"] == "complete"
+    csv_path = next(tmp_path.glob("steps_cpu_*_tiny.csv"))
+    assert not list(tmp_path.glob("*.parquet"))
+    out = fit_and_report(FitSpec(steps=str(csv_path), accept_noisy=True, max_heldout_mape=10.0, plots=False),
+                         tmp_path / "fit")
+    assert (tmp_path / "fit" / csv_path.with_suffix(".parquet").name).is_file()
+    assert read_samples(tmp_path / "fit" / csv_path.with_suffix(".parquet").name).equals(read_samples(csv_path))
+    assert out.result.step is not None
