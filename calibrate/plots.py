@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from simsched.calibration import GridFit
+from simsched.step_fit import StepFit
 
 MARKERS = ("o", "s", "^", "v", "D", "x")
 GLYPHS = {"o": "●", "s": "■", "^": "▲", "v": "▼", "D": "◆", "x": "✕"}
@@ -89,12 +90,60 @@ def plot_residuals(path: Path, grid: Any, fit: GridFit, title: str = "") -> Path
                 ax.plot(L[m], rel[m], MARKERS[j % len(MARKERS)], ms=3, color=colour[int(s)], label=label)
         ax.axhline(0.0, color="k", lw=0.8)
         best = " (best)" if f.form == fit.best.form else ""
-        ax.set_title(f"{f.form}{best}: R² {f.r2:.4f}, MAPE {f.mape:.1%}, held-out {f.heldout_mape:.1%}", fontsize=8)
+        ax.set_title(f"{f.form}{best}: rmsre {f.rmsre:.1%}, MAPE {f.mape:.1%}, held-out {f.heldout_mape:.1%}", fontsize=8)
         ax.set_xlabel("output length L (tokens)")
         ax.grid(alpha=0.3)
     shapes = ", ".join(f"{GLYPHS[m]} {int(p)}" for m, p in zip(MARKERS, prompts))
     axes[0][0].set_ylabel(f"(fitted − measured) / measured, %\nprompt: {shapes}")
     axes[0][0].legend(fontsize=7, ncol=2)
+    return _save(plt, fig, path, title)
+
+
+def plot_step_fit(path: Path, shapes: Any, fit: StepFit, title: str = "") -> Path:
+    """Decode steps against batch size (one colour per context length), prefill steps against
+    tokens in the step (one colour per batch size): measured median with its interquartile
+    range (points) and the chosen step form (lines); last panel: every form's in-sample
+    relative residual per shape."""
+    plt = _pyplot()
+    from matplotlib.ticker import ScalarFormatter
+
+    best = fit.best
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), squeeze=False)
+    for ax, phase, along, by, xlabel in ((axes[0][0], "decode", "batch_size", "context_len", "decode batch size"),
+                                         (axes[0][1], "prefill", "new_tokens", "batch_size", "prompt tokens per sequence")):
+        part = shapes[shapes["phase"] == phase]
+        if part.empty:
+            ax.set_visible(False)
+            continue
+        keys = np.unique(part[by])
+        colour = _colours(keys)
+        for key in keys:
+            rows = part[part[by] == key].sort_values(along)
+            x = rows[along].to_numpy(float)
+            med = rows["median_s"].to_numpy(float) * 1e3
+            err = np.vstack([med - rows["q1_s"].to_numpy(float) * 1e3, rows["q3_s"].to_numpy(float) * 1e3 - med])
+            ax.errorbar(x, med, yerr=err, fmt="o", ms=3, color=colour[int(key)], label=f"{by.split('_')[0]} {int(key)}")
+            ax.plot(x, best.predict(rows) * 1e3, "-", lw=1, color=colour[int(key)])
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("step time (ms)")
+        ax.set_title(f"{phase}: median and IQR (points), {best.form} (lines)", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    ax = axes[0][2]
+    y = shapes["median_s"].to_numpy(float)
+    for f in fit.fits:
+        ax.plot(np.arange(len(y)), (f.predict(shapes) - y) / y * 100.0, "o", ms=3,
+                label=f"{f.form}: rmsre {f.rmsre:.1%}, held-out MAPE {f.heldout_mape:.1%}")
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set_xlabel("shape (decode, then prefill; by batch size, then length)")
+    ax.set_ylabel("(fitted - measured) / measured, %")
+    ax.set_title("relative residual per shape", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
     return _save(plt, fig, path, title)
 
 

@@ -22,6 +22,12 @@ PRESETS = MappingProxyType({
         num_hidden_layers=32, hidden_size=4096, num_attention_heads=32, num_key_value_heads=8,
         intermediate_size=14336, vocab_size=128256, max_position_embeddings=8192,
         rope_theta=500_000.0, rms_norm_eps=1e-5, tie_word_embeddings=False))),
+    # Llama-3.1-8B's shape (as llama3_8b, with its 128k positions; its rope scaling is left out:
+    # it changes no step's work).
+    "llama3_1_8b": ("LlamaConfig", MappingProxyType(dict(
+        num_hidden_layers=32, hidden_size=4096, num_attention_heads=32, num_key_value_heads=8,
+        intermediate_size=14336, vocab_size=128256, max_position_embeddings=131072,
+        rope_theta=500_000.0, rms_norm_eps=1e-5, tie_word_embeddings=False))),
     # A few-layer model for CPU tests: same code path, milliseconds per step.
     "tiny": ("Qwen2Config", MappingProxyType(dict(
         num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,

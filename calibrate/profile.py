@@ -1,8 +1,8 @@
-"""``python -m calibrate.profile model=qwen2_5_1_5b device=cuda``: measure a calibration grid on
-this machine, fit it (``fit: true``) and log everything as one MLflow run.
+"""``python -m calibrate.profile model=qwen2_5_1_5b device=cuda``: measure step samples with
+profiler v2 on this machine, fit them (``fit: true``) and log everything as one MLflow run.
 
-The run folder gets ``grid_<device>_<model>.csv`` and ``.json`` (written as shapes complete),
-then what ``calibrate.fit`` writes. Needs the ``calibrate`` extra (torch, transformers).
+The run folder gets ``steps_<device>_<model>.parquet`` and ``.json`` (written as shapes
+complete), then what ``calibrate.fit`` writes. Needs the ``calibrate`` extra (torch, transformers).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from simsched.errors import SimschedError
+from simsched.errors import ConfigError, InputError, SimschedError
 
 
 def _profiler() -> Any:
@@ -32,36 +32,42 @@ def profile_spec(cfg: Any) -> Any:
     return profiler.ProfileSpec(**{k: node[k] for k in keys if k in node})
 
 
-def fit_spec(cfg: Any, grid: Path, meta: Path) -> Any:
-    from calibrate.fit import FitSpec
+def fit_spec(cfg: Any, samples: Path, meta: Path) -> Any:
+    """The fit's spec from the same config (the fit keys of conf/calibrate_profile.yaml)."""
+    from omegaconf import OmegaConf
 
-    return FitSpec(grid=str(grid), meta=str(meta), forms=tuple(cfg.forms), name=cfg.name, plots=bool(cfg.plots))
+    from calibrate.fit import spec_from
+
+    node = OmegaConf.create({k: cfg[k] for k in ("forms", "step_forms", "name", "plots", "accept_noisy",
+                                                 "max_heldout_mape", "gates")})
+    node.steps, node.meta = str(samples), str(meta)
+    return spec_from(node)
 
 
-def check_plan(spec: Any, forms: tuple[str, ...]) -> None:
-    """Fail before measuring if the planned grid could not be fitted (too few batch sizes or
-    lengths for a form): the fit's own checks, run on the grid's shape."""
+def check_plan(spec: Any) -> None:
+    """Fail before measuring if the planned shapes could not be fitted (a phase missing, one
+    batch size or one context only): the fit's own checks, run on the planned shapes."""
     import pandas as pd
 
-    from simsched.calibration import fit_grid
-    from simsched.errors import ConfigError, InputError
+    from simsched.step_fit import fit_steps, regressors
 
-    plan = pd.DataFrame([{"batch_size": b, "prompt_len": p, "output_len": L, "mean_latency_s": 1.0}
-                         for b in spec.batch_sizes for p in spec.prompt_lens for L in spec.output_lens])
+    plan = pd.DataFrame(spec.shapes(), columns=["phase", "batch_size", "new_tokens", "context_len"])
+    plan["median_s"] = regressors(plan).sum(axis=1)
     try:
-        fit_grid(plan, forms, source="planned grid")
+        fit_steps(plan, ("step",), source="planned shapes")
     except InputError as exc:
-        raise ConfigError("fit", f"{exc}; measure more points or set fit=false") from None
+        raise ConfigError("fit", f"{exc}; measure more shapes or set fit=false") from None
 
 
 def validate(cfg: Any) -> None:
-    """Checked before the run folder exists: the grid spec, the device, the fit and tracker."""
+    """Checked before the run folder exists: the spec, the device, the fit and the tracker."""
     from simsched.config import build
 
     spec = profile_spec(cfg)
     _profiler().resolve_device(spec.device)
     if cfg.fit:
-        check_plan(spec, fit_spec(cfg, Path("grid.csv"), Path("grid.json")).forms)
+        fit_spec(cfg, Path("samples.parquet"), Path("samples.json"))
+        check_plan(spec)
     if cfg.get("tracking") is not None:
         build(cfg.tracking, "tracking")
 
@@ -73,23 +79,20 @@ def task(cfg: Any, out_dir: Path) -> None:
     profiler = _profiler()
     result = profiler.profile(profile_spec(cfg), out_dir)
     print(summary(result.rows, result.skipped))
-    meta = fitting.read_meta(fitting.FitSpec(grid=str(result.csv_path), meta=str(result.json_path)))
-    params = fitting.meta_params(meta)
-    files, metrics = [result.csv_path, result.json_path], {}
+    params, files, metrics = fitting.meta_params(result.meta), [result.samples_path, result.json_path], {}
     if not result.rows:
-        fitting.track(cfg, out_dir, params, metrics, files, meta)
+        fitting.track(cfg, out_dir, params, metrics, files, result.meta)
         raise SimschedError(f"no shape could be measured (see {result.json_path})")
     if cfg.fit:
         try:
-            outputs = fitting.fit_and_report(fit_spec(cfg, result.csv_path, result.json_path), out_dir)
+            outputs = fitting.fit_and_report(fit_spec(cfg, result.samples_path, result.json_path), out_dir)
         except SimschedError as exc:
-            fitting.track(cfg, out_dir, {**params, "fit_error": str(exc)}, metrics, files, meta)
-            raise SimschedError(f"grid measured in {out_dir}, but the fit failed: {exc}") from None
+            fitting.track(cfg, out_dir, {**params, "fit_error": str(exc)}, metrics, files, result.meta)
+            raise SimschedError(f"samples measured in {out_dir}, but the fit refused them: {exc}") from None
         print(fitting.summary(outputs))
-        files, metrics = outputs.files, fitting.fit_metrics(outputs.fit)
-        params.update(best_form=outputs.fit.best.form, holdout=outputs.fit.holdout,
-                      grid_sha256=outputs.report["grid_sha256"], latency_model=outputs.report["latency_model"])
-    fitting.track(cfg, out_dir, params, metrics, files, meta)
+        files, metrics = outputs.files, fitting.fit_metrics(outputs.result)
+        params = fitting.run_params(outputs.result)
+    fitting.track(cfg, out_dir, params, metrics, files, result.meta)
 
 
 def main(argv: list[str] | None = None) -> None:

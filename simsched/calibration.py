@@ -5,8 +5,9 @@ latency_model.grid=PATH``).
 Pure pandas/numpy/scipy: the profiler that measures grids lives in ``calibrate/`` (torch); the
 simulator only ever reads its CSV. Each form is linear in its coefficients (the seed form in
 α, β and βγ), so a fit is a bounded linear least-squares problem on *relative* residuals:
-points are weighted by 1/T, which matches the MAPE we report and keeps the short runs (where α
-and the prefill show) from being drowned by the long ones.
+points are weighted by 1/T, which keeps the short runs (where α and the prefill show) from
+being drowned by the long ones, and every statistic reported is on that same relative error.
+A grid is first judged by the quality gates (``calibration_gates``).
 """
 from __future__ import annotations
 
@@ -17,10 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from simsched.errors import ConfigError, InputError, check_choice
+from simsched.calibration_gates import GateSpec, grid_gates
+from simsched.errors import ConfigError, InputError, check_choice, check_positive
 from simsched.latency import Affine, SeedForm
 
 GRID_COLUMNS = ("batch_size", "prompt_len", "output_len", "mean_latency_s", "std_latency_s", "num_trials")
+# Plausibility bounds: a value beyond these is a typo or a corrupted file, not a measurement
+# (an output length of 1e15 once produced a "ready-to-use" model with a held-out MAPE of 3.5e10).
+LIMITS = {"batch_size": 2**20, "prompt_len": 10**7, "output_len": 10**7, "new_tokens": 10**7,
+          "context_len": 10**7, "num_trials": 10**6, "trial": 10**6, "step": 10**9,
+          "mean_latency_s": 1e6, "std_latency_s": 1e6, "seconds": 1e6}
 
 # The forms, by name: the coefficients each fits (component field names, in design-column
 # order). ``synthetic`` fits α, β and βγ; γ = βγ/β.
@@ -71,6 +78,10 @@ def _check_column(path: Path, text: Any, values: Any, col: str) -> None:
     bad = np.flatnonzero(~np.isfinite(v))
     if len(bad):
         raise InputError(str(path), f"must be finite (got {text.iloc[bad[0]].strip()})", line(bad[0]), col)
+    bad = np.flatnonzero(v > LIMITS[col])
+    if len(bad):
+        raise InputError(str(path), f"implausible value {text.iloc[bad[0]].strip()} (at most {LIMITS[col]:g})",
+                         line(bad[0]), col)
     if col == "std_latency_s":
         bad = np.flatnonzero(v < 0)
         if len(bad):
@@ -102,8 +113,9 @@ def design(form: str, b: Any, L: Any, P: Any) -> np.ndarray:
     raise ConfigError("form", "unknown latency-model form", form, ", ".join(FORMS))
 
 
-def _solve(X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Non-negative least squares on relative residuals, with columns scaled for conditioning."""
+def solve_relative(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative least squares on relative residuals, with columns scaled for conditioning:
+    minimises Σ((X θ − y) / y)² over θ ≥ 0."""
     from scipy.optimize import lsq_linear
 
     A = X / y[:, None]
@@ -111,6 +123,14 @@ def _solve(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     scale[scale == 0] = 1.0
     sol = lsq_linear(A / scale, np.ones_like(y), bounds=(0.0, np.inf), method="bvls")
     return sol.x / scale
+
+
+def relative_errors(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """The fitted loss and its relatives, all on relative error (pred − y) / y: root mean square
+    (what the fit minimises), mean absolute (MAPE) and the largest absolute."""
+    rel = (np.asarray(pred, float) - y) / y
+    return {"rmsre": float(np.sqrt(np.mean(rel**2))), "mape": float(np.mean(np.abs(rel))),
+            "max_ape": float(np.max(np.abs(rel)))}
 
 
 def _columns(grid: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -134,12 +154,16 @@ def _check_identifiable(form: str, X: np.ndarray, where: str, source: str) -> No
 
 @dataclass(frozen=True)
 class FormFit:
-    """One form fitted to a grid, with its in-sample and held-out errors."""
+    """One form fitted to a grid. Every statistic is on relative error, the loss the fit
+    minimises: in-sample (``rmsre``, the fitted loss; ``mape``; ``max_ape``) and held out
+    (``heldout_*``: each batch size predicted by a fit on the others)."""
 
     form: str
     coefficients: dict[str, float]
-    r2: float
+    rmsre: float
     mape: float
+    max_ape: float
+    heldout_rmsre: float
     heldout_mape: float
     heldout_max_ape: float
     n_points: int
@@ -188,27 +212,31 @@ def build_component(form: str, coefs: dict[str, float], name: str) -> SeedForm |
 
 
 def fit_form(grid: Any, form: str, source: str = "grid") -> FormFit:
-    """Fit one form on every point; held-out error by leaving out each batch size in turn."""
+    """Fit one form on every point; held-out error by leaving out each batch size in turn. A
+    fit whose coefficients make no usable model (e.g. no per-token cost: the latency does not
+    grow with output length) is an InputError naming ``source``."""
     check_choice("form", form, FORMS)
     b, L, P, y = _columns(grid)
     X = design(form, b, L, P)
     _check_identifiable(form, X, "", source)
-    theta = _solve(X, y)
-    pred = X @ theta
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
-    r2 = 1.0 - float(np.sum((y - pred) ** 2)) / ss_tot if ss_tot > 0 else float("nan")
+    theta = solve_relative(X, y)
     sizes = np.unique(b)
     if len(sizes) < 3:
         raise InputError(source, f"held-out error needs at least 3 batch sizes ({HOLDOUT}), "
                                  f"got {len(sizes)}: {', '.join(str(int(s)) for s in sizes)}")
-    ape = np.empty_like(y)
+    held = np.empty_like(y)
     for size in sizes:
         test = b == size
         _check_identifiable(form, X[~test], f" without batch size {int(size)}", source)
-        ape[test] = np.abs(X[test] @ _solve(X[~test], y[~test]) - y[test]) / y[test]
-    return FormFit(form=form, coefficients=_coefficients(form, theta), r2=r2,
-                   mape=float(np.mean(np.abs(pred - y) / y)), heldout_mape=float(np.mean(ape)),
-                   heldout_max_ape=float(np.max(ape)), n_points=len(y))
+        held[test] = X[test] @ solve_relative(X[~test], y[~test])
+    fit_stats, held_stats = relative_errors(X @ theta, y), relative_errors(held, y)
+    fit = FormFit(form=form, coefficients=_coefficients(form, theta), n_points=len(y), **fit_stats,
+                  **{f"heldout_{k}": v for k, v in held_stats.items()})
+    try:
+        fit.component()
+    except ConfigError as exc:
+        raise InputError(source, f"the fitted {form} form is not a usable latency model ({exc})") from None
+    return fit
 
 
 def fit_grid(grid: Any, forms: tuple[str, ...] | list[str] = FORMS, source: str = "grid") -> GridFit:
@@ -222,25 +250,43 @@ def fit_grid(grid: Any, forms: tuple[str, ...] | list[str] = FORMS, source: str 
     return GridFit(fits=fits, best=best)
 
 
+def check_heldout(heldout_mape: float, limit: float, source: str, accept_noisy: bool) -> None:
+    """Refuse a fit whose held-out error exceeds ``limit`` (unless ``accept_noisy``)."""
+    if heldout_mape > limit and not accept_noisy:
+        raise InputError(source, f"held-out MAPE {heldout_mape:.1%} exceeds max_heldout_mape {limit:.0%}: "
+                                 f"not a usable latency model (accept_noisy=true uses it anyway)")
+
+
 @dataclass(frozen=True)
 class Calibrated:
-    """A latency model fitted at start-up from a measured grid (``calibrate.profile`` or
-    ``calibrate.gpu_grid`` writes one). ``form: best`` picks the form with the lowest held-out
-    error; a form name forces it. Behaves exactly like the fitted SeedForm/Affine."""
+    """A latency model fitted at start-up from a measured grid (REFERENCE §4 CSV). ``form:
+    best`` picks the form with the lowest held-out error; a form name forces it. A grid that
+    fails the quality gates (``calibration_gates``) or whose held-out MAPE exceeds
+    ``max_heldout_mape`` is refused unless ``accept_noisy``. Behaves exactly like the fitted
+    SeedForm/Affine."""
 
     grid: str | None = None
     form: str = "best"
+    accept_noisy: bool = False
+    max_heldout_mape: float = 0.2
     name: str = "calibrated"
 
     def __post_init__(self) -> None:
         if not self.grid:
             raise ConfigError("grid", "path to a calibration grid CSV is required "
-                                      "(python -m calibrate.profile or calibrate.gpu_grid writes one)")
+                                      "(python -m calibrate.fit writes one beside each step fit)")
         check_choice("form", self.form, ("best",) + FORMS)
+        check_positive("max_heldout_mape", self.max_heldout_mape)
         table = read_grid(self.grid)
+        gates = grid_gates(table, GateSpec())
+        if not gates.passed and not self.accept_noisy:
+            raise InputError(str(self.grid), f"fails the calibration quality gates ({gates.summary()}); "
+                                             f"set latency_model.accept_noisy=true to use it anyway")
         forms = FORMS if self.form == "best" else (self.form,)
         fitted = fit_grid(table, forms, source=str(self.grid))
-        # Not a dataclass field: the fitted model is derived state, not configuration.
+        check_heldout(fitted.best.heldout_mape, self.max_heldout_mape, str(self.grid), self.accept_noisy)
+        # Not dataclass fields: the gates and the fitted model are derived state, not configuration.
+        object.__setattr__(self, "gates", gates)
         object.__setattr__(self, "fit", fitted)
         object.__setattr__(self, "model", fitted.best.component(self.name))
 

@@ -258,3 +258,36 @@ def kv_capacity_resolver(latency_model: Any) -> int:
         return Roofline(**{k: node[k] for k in keys if k in node}).kv_capacity_tokens
     except ConfigError as exc:
         raise exc.under("latency_model") from None
+
+
+# Preset model names of the profiler (calibrate/presets.py) that share a roofline shape.
+MODEL_ALIASES = MappingProxyType({"llama3_8b": "llama3_1_8b"})
+
+
+def match_gpu(device_name: str) -> str | None:
+    """The GPU preset a CUDA device name (``torch.cuda.get_device_name``) is, if any: only
+    exact variants (an H100 PCIe or an A100 40GB has other figures, so it matches none)."""
+    name = device_name.lower()
+    if "h200" in name:
+        return "h200"
+    if "h100" in name and "pcie" not in name and ("hbm3" in name or "sxm" in name):
+        return "h100"
+    if "a100" in name and "80gb" in name and "pcie" not in name:
+        return "a100_80gb"
+    if "l40s" in name:
+        return "l40s"
+    if "rtx 4090" in name:
+        return "rtx_4090"
+    if "rtx pro 6000" in name and "max-q" not in name:
+        return "rtx_pro_6000"
+    return None
+
+
+def floor_for(device_name: str, model: str) -> StepTime | None:
+    """The pure roofline floor (datasheet bandwidth and FLOP/s, no CPU time) of a measured GPU
+    and profiler model, or None when either is not a preset."""
+    gpu, shape = match_gpu(device_name), MODEL_ALIASES.get(model, model)
+    if gpu is None or shape not in MODELS:
+        return None
+    return step_time_for(GPUS[gpu], MODELS[shape], bandwidth_efficiency=1.0, flops_efficiency=1.0, cpu_s=0.0,
+                         name="floor")
