@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from simsched.errors import ConfigError, InputError, check_choice
-from simsched.latency import Affine, SeedForm
+from simsched.latency import Affine, LatencyForm, SeedForm
 
 GRID_COLUMNS = ("batch_size", "prompt_len", "output_len", "mean_latency_s", "std_latency_s", "num_trials")
 
@@ -246,3 +246,6 @@ class Calibrated:
 
     def batch_time(self, b: Any, L: Any, prompt_sum: Any) -> Any:
         return self.model.batch_time(b, L, prompt_sum)
+
+    def kernel_form(self) -> LatencyForm:
+        return self.model.kernel_form()
