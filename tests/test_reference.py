@@ -26,6 +26,7 @@ STATIC = FixedBatcher(8)
 FULL_ONLY = FixedBatcher(6, full_batches_only=True)
 DYNAMIC = DynamicBatcher()
 STEP = StepTime(c0_s=0.012, c_pf_s=2e-5, c_dec_s=3e-4, c_ctx_s=1e-7, c_attn_s=1e-10, cpu_s=0.003)
+TICKS = SeedForm(alpha_s=0.25, beta_s=0.0078125, gamma=0.0)   # every duration a multiple of 1/128 s
 AFFINE_KV = Affine(alpha_s=0.01, beta0_s=0.03, beta1_s=0.0004, prefill_s_per_token=1e-5, kv_s_per_token=1e-8)
 
 # name: (scheduler, latency, arrival rate (req/s), options). Service takes ~0.3-1 s a batch, so
@@ -62,16 +63,25 @@ CASES = {
     "noisy predictions K4": (Scheduler(DYNAMIC, k_bins=4), SeedForm(), 20.0, {"predictor": Noisy(0.5, p_e=0.1)}),
     "noisy predictions K8 light": (Scheduler(FULL_ONLY, k_bins=8), SeedForm(), 0.5,
                                    {"predictor": Noisy(0.8, p_e=0.2)}),
+    # Memory binds before any completion, so Algorithm 1 runs on predictions alone.
+    "noisy predictions overload": (Scheduler(DYNAMIC, k_bins=2), SeedForm(), 400.0, {"predictor": Noisy(1.0)}),
+    # Durations and arrivals on a 1/4 s grid: completions and arrivals fall on the same instants.
+    "exact ties dynamic K2": (Scheduler(DynamicBatcher(window=3), k_bins=2), TICKS, 4.0, {"grid": 0.25}),
+    "exact ties static": (Scheduler(FixedBatcher(3)), TICKS, 4.0, {"grid": 0.25}),
+    "exact ties full-only K2": (Scheduler(FixedBatcher(3, full_batches_only=True), k_bins=2), TICKS, 4.0,
+                                {"grid": 0.25}),
 }
 
 
-def _workload(rate: float, seed: int, n: int = 1500):
-    """Seed 0: Poisson; 1: bursty Gamma; 2: a replay with whole-second timestamps (many ties)."""
+def _workload(rate: float, seed: int, grid: float | None = None, n: int = 1500):
+    """Seed 0: Poisson; 1: bursty Gamma; 2: a replay with whole-second timestamps (many ties).
+    ``grid``: arrivals rounded down to multiples of it."""
     arrivals = Gamma(rate=rate, cv=2.0) if seed == 1 else Poisson(rate)
     wl = SyntheticWorkload(arrivals, Zipf(50, 1.3, 20000), Bimodal(0.3, 20, 0.7, 150, 0.6), n)
     req = wl.generate(np.random.default_rng(seed))
-    if seed == 2:
-        req.arrival = np.floor(req.arrival)
+    step = grid if grid is not None else 1.0 if seed == 2 else None
+    if step is not None:
+        req.arrival = np.floor(req.arrival / step) * step
     return req
 
 
@@ -85,11 +95,11 @@ def _check(res, ref, mode: str) -> None:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_engine_matches_reference(name, seed, monkeypatch):
     scheduler, latency, rate, opts = CASES[name]
-    req = _workload(rate, seed)
+    req = _workload(rate, seed, opts.get("grid"))
     gpus = Gpus(count=1 + seed, kv_capacity_tokens=15000)
     horizon = opts.get("horizon")
-    if horizon is not None:           # a horizon at that fraction of the arrival span
-        horizon = float(req.arrival[0] + horizon * (req.arrival[-1] - req.arrival[0]))
+    if horizon is not None:           # a horizon on the arrival at that fraction of the requests
+        horizon = float(req.arrival[int(horizon * len(req))])
     release = opts.get("release", "batch_end")
     results = {}
     for mode, flag in (("python", "0"), ("compiled", "1")):
@@ -111,6 +121,8 @@ def test_engine_matches_reference(name, seed, monkeypatch):
         assert res.end_time - req.arrival[0] > 3 * span            # overload: a backlog to drain
     if horizon is not None:
         assert res.counts()["unfinished"] + res.counts()["not_arrived"] > 0
+    if "grid" in opts:                # some completion falls on an arrival instant
+        assert np.isin(res.batches["end"], req.arrival).any()
 
 
 def test_reference_catches_a_wrong_engine(monkeypatch):
