@@ -21,6 +21,11 @@ from simsched.latency import LatencyForm, LatencyModel
 from simsched.scheduler import Scheduler
 from simsched.workloads.requests import RequestTable
 
+# Runs from this many requests on use the compiled loop. Loading numba and the cached loop costs
+# ~0.9 s per process; the Python loop serves 25k (light load, batches of ~2) to 150k (large
+# batches) requests per second, so below this size it finishes first.
+COMPILED_FROM_REQUESTS = 20_000
+
 COMPLETED, REJECTED, UNFINISHED, NOT_ARRIVED = 0, 1, 2, 3
 STATUS_NAMES = ("completed", "rejected", "unfinished", "not_arrived")
 REASONS = ("", "exceeds_kv_capacity", "queued_at_horizon", "in_flight_at_horizon", "after_horizon")
@@ -129,7 +134,7 @@ def simulate(
 
     params = scheduler.batcher.params(eta)
     form = latency.kernel_form() if hasattr(latency, "kernel_form") else None
-    fast = form is not None and use_compiled(n)
+    fast = form is not None and use_compiled(n, COMPILED_FROM_REQUESTS)
     if form is None:    # a model with batch_time only (a test double): the Python loop calls it
         loop = with_globals(serve, form_time=lambda kind, c, b, L, P: latency.batch_time(b, L, P))
         form = LatencyForm(-1, np.zeros(0))
