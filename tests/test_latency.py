@@ -66,11 +66,13 @@ def test_step_time_integrates_to_batch_time():
 # --- the forms the compiled engine loop reads (kernel_form / form_time) --------------------------
 
 def _kernel_models():
+    from pathlib import Path
+
     from simsched.calibration import Calibrated
     from simsched.latency import StepTime
+    from simsched.roofline import Roofline
 
-    grid = str(__import__("pathlib").Path(__file__).resolve().parents[1]
-               / "data" / "calibration" / "grid_nvidia_h200_qwen2_5_1_5b.csv")
+    grid = str(Path(__file__).resolve().parents[1] / "data" / "calibration" / "grid_nvidia_h200_qwen2_5_1_5b.csv")
     return {
         "seed form": SeedForm(),
         "seed form + prefill": SeedForm(alpha_s=0.1, beta_s=0.013, gamma=0.7, prefill_s_per_token=3e-6),
@@ -81,6 +83,7 @@ def _kernel_models():
         "calibrated best": Calibrated(grid=grid),
         "calibrated synthetic": Calibrated(grid=grid, form="synthetic"),
         "calibrated affine_kv": Calibrated(grid=grid, form="affine_kv"),
+        "roofline": Roofline(gpu="h200", model="qwen2_5_1_5b"),
     }
 
 
