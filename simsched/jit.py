@@ -95,7 +95,8 @@ def compiled(fn: F) -> F:
         twin: Any = types.FunctionType(fn.__code__, glb, fn.__name__, fn.__defaults__, fn.__closure__)
         twin.__module__ = fn.__module__
         twin.__qualname__ = f"{fn.__qualname__}_{fingerprint(fn)}"   # names the cache entry
-        done = numba.njit(cache=True, nogil=True)(twin)
+        # Code without a source file (exec'd, e.g. by a mutation harness) compiles uncached.
+        done = numba.njit(cache=os.path.isfile(fn.__code__.co_filename), nogil=True)(twin)
         fn.__dict__[_COMPILED] = done
     return done
 
