@@ -11,11 +11,11 @@ faster). What is measured (``--regimes``, default all):
   load) for the four modes: Poisson arrivals, 4 GPUs, K = 4 for the multi-bin modes, at the
   default λ = 4 req/s (light load, mean batch <= 3), at offered load ~0.8 and ~1.5 of the
   reference capacity, and replaying a synthetic Azure-format trace (bursty arrivals, long
-  prompts, short outputs) scaled to load ~0.8. The baseline runs ``--baseline-size`` requests
-  (its loop takes ~30 s per million at light load).
+  prompts, short outputs) scaled to load ~0.8, at each of ``--sizes``. The baseline runs at most
+  ``--baseline-size`` requests (its loop takes ~30 s per million at light load).
 - ``ksweep``: the loop rate of ``multi_bin_dynamic`` and ``multi_bin_static`` for K = 1..16 at ~0.8.
 - ``process``: ``python -m simsched`` end to end (``tracking=none``, Parquet outputs written, no
-  plot): wall time and peak RSS at ``--process-size`` requests per regime; ``memory``: the same
+  plot): wall time, CPU time and peak RSS at ``--process-size`` requests per regime; ``memory``: the same
   at ``--memory-size`` (10M) for light load and ~0.8 (current only unless ``--baseline-memory``).
 - ``jit``: importing numba, the first call of the compiled loop with an empty numba cache
   (compilation) and with a warm one (loading).
@@ -68,8 +68,8 @@ class Tree:
         env.update(extra)
         return env
 
-    def run(self, args: list[str], cwd: Path, **extra: str) -> tuple[float, float, str]:
-        """One fresh process: wall seconds, peak RSS (MB, from wait4) and stdout."""
+    def run(self, args: list[str], cwd: Path, **extra: str) -> tuple[float, float, str, float]:
+        """One fresh process: wall seconds, peak RSS (MB, from wait4), stdout and CPU seconds."""
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             t0 = time.perf_counter()
             proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=self.env(**extra), stdout=out, stderr=err)
@@ -80,9 +80,9 @@ class Tree:
             err.seek(0)
             if proc.returncode != 0:
                 raise SystemExit(f"[{self.name}] failed: {' '.join(args)}\n{err.read()[-3000:]}")
-            return wall, usage.ru_maxrss / 1024, out.read()
+            return wall, usage.ru_maxrss / 1024, out.read(), usage.ru_utime + usage.ru_stime
 
-    def simsched(self, overrides: list[str], cwd: Path, **extra: str) -> tuple[float, float, str]:
+    def simsched(self, overrides: list[str], cwd: Path, **extra: str) -> tuple[float, float, str, float]:
         return self.run(["-m", "simsched", *overrides], cwd, **extra)
 
 
@@ -170,7 +170,7 @@ class Bench:
     def probe_loop(self, tree: Tree, n: int, modes: list[str], overrides: list[str]) -> dict:
         args = [str(PROBE), "loop", str(tree.root / "conf"), str(self.args.repeats), ",".join(modes),
                 *sized(overrides, n)]
-        _, _, out = tree.run(args, self.work)
+        out = tree.run(args, self.work)[2]
         return json.loads(out.strip().splitlines()[-1])
 
     def reference_capacity(self) -> float:
@@ -180,21 +180,24 @@ class Bench:
         return self.capacity
 
     def loop_regime(self, regime: str, overrides: list[str], modes=MODES, suffix: str = "") -> None:
-        results = {}
-        for tree in self.trees:
-            n = self.args.loop_size if tree.name == "current" else min(self.args.loop_size, self.args.baseline_size)
-            results[tree.name] = self.probe_loop(tree, n, list(modes), overrides)
-        for mode in modes:
-            rates = {t: [r[mode]["requests"] / s for s in r[mode]["loop_s"]] for t, r in results.items()}
-            cur = results["current"][mode]
-            self.add(regime, mode + suffix, "loop rate", "requests/s", rates, higher_is_better=True,
-                     requests={t: r[mode]["requests"] for t, r in results.items()},
-                     mean_batch_size=round(cur["mean_batch_size"], 2), offered_load=round(cur["offered_load"], 3))
+        sizes = [int(x) for x in self.args.sizes.split(",")]
+        for size in sizes:
+            results = {}
+            for tree in self.trees:
+                n = size if tree.name == "current" else min(size, self.args.baseline_size)
+                results[tree.name] = self.probe_loop(tree, n, list(modes), overrides)
+            label = f" ({size:,})" if len(sizes) > 1 else ""
+            for mode in modes:
+                rates = {t: [r[mode]["requests"] / s for s in r[mode]["loop_s"]] for t, r in results.items()}
+                cur = results["current"][mode]
+                self.add(regime, mode + suffix + label, "loop rate", "requests/s", rates, higher_is_better=True,
+                         requests={t: r[mode]["requests"] for t, r in results.items()},
+                         mean_batch_size=round(cur["mean_batch_size"], 2), offered_load=round(cur["offered_load"], 3))
 
     def trace_file(self) -> Path:
         path = self.work / "trace_azure_format.csv"
         if not path.exists():
-            write_trace(path, max(self.args.loop_size, self.args.process_size))
+            write_trace(path, max([int(x) for x in self.args.sizes.split(",")] + [self.args.process_size]))
         return path
 
     def trace_overrides(self) -> list[str]:
@@ -210,16 +213,19 @@ class Bench:
 
     def process(self, regime: str, case: str, overrides: list[str], n: int, trees: list[Tree], repeats: int) -> None:
         walls: dict[str, list[float]] = {}
+        cpus: dict[str, list[float]] = {}
         rss: dict[str, list[float]] = {}
         for tree in trees:
             reps = repeats if tree.name == "current" else self.args.baseline_repeats
             for _ in range(reps):
                 out = Path(tempfile.mkdtemp(dir=self.work))
-                wall, peak, _ = tree.simsched([*QUIET, *sized(overrides, n), f"hydra.run.dir={out}"], self.work)
+                wall, peak, _, cpu = tree.simsched([*QUIET, *sized(overrides, n), f"hydra.run.dir={out}"], self.work)
                 walls.setdefault(tree.name, []).append(wall)
+                cpus.setdefault(tree.name, []).append(cpu)
                 rss.setdefault(tree.name, []).append(peak)
                 shutil.rmtree(out)
         self.add(regime, case, "wall", "s", walls, requests=n)
+        self.add(regime, case, "cpu (user+sys)", "s", cpus, requests=n)
         self.add(regime, case, "peak RSS", "MB", rss, requests=n)
 
     def jit(self) -> None:
@@ -351,7 +357,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--regimes", default=",".join(REGIMES), help=f"comma-separated, of: {', '.join(REGIMES)}")
-    ap.add_argument("--sizes", dest="loop_size", type=int, default=1_000_000, help="requests per loop run")
+    ap.add_argument("--sizes", default="1000000", help="requests per loop run (comma-separated: each size)")
     ap.add_argument("--process-size", type=int, default=1_000_000, help="requests per whole-process run")
     ap.add_argument("--memory-size", type=int, default=10_000_000, help="requests per memory run")
     ap.add_argument("--repeats", type=int, default=3)
@@ -367,13 +373,14 @@ def main() -> None:
     out = Path(args.out or REPO / "outputs" / "bench" / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="simsched-bench-") as tmp:
         bench = Bench(args, Path(tmp))
         bench.run()
     total = time.perf_counter() - t0
     result = {
         "date": dt.datetime.now().isoformat(timespec="seconds"), "python": sys.version.split()[0],
-        "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(),
+        "cpus": os.cpu_count(), "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
         "baseline": args.baseline, "current_commit": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
         "arguments": vars(args), "bench_wall_s": round(total), "rows": bench.rows,

@@ -49,7 +49,10 @@ def loop(config_dir: str, repeats: int, modes: list[str], overrides: list[str]) 
         t0 = time.perf_counter()
         req = comps.workload.generate(np.random.default_rng(workload_ss))
         t_workload = time.perf_counter() - t0
-        m = min(len(req), 25_000)
+        # The warm-up is as large as the smallest run that gets the compiled loop (if the tree has one).
+        from simsched.engines import run_to_completion as engine
+
+        m = min(len(req), max(25_000, getattr(engine, "COMPILED_FROM_REQUESTS", 0)))
         warm = RequestTable(req.arrival[:m].copy(), req.prompt[:m].copy(), req.output[:m].copy())
         t0 = time.perf_counter()
         _simulate(comps, cfg, warm, sim_ss)

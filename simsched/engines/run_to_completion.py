@@ -21,10 +21,11 @@ from simsched.latency import LatencyForm, LatencyModel
 from simsched.scheduler import Scheduler
 from simsched.workloads.requests import RequestTable
 
-# Runs from this many requests on use the compiled loop. Loading numba and the cached loop costs
-# ~0.9 s per process; the Python loop serves 25k (light load, batches of ~2) to 150k (large
-# batches) requests per second, so below this size it finishes first.
-COMPILED_FROM_REQUESTS = 20_000
+# Runs from this many requests on use the compiled loop. Importing numba and loading the cached
+# loop cost ~0.65 s per process (2-core machine, idle); the Python loop serves ~60k requests/s
+# at light load (batches of ~2) and ~300k at offered load 0.8, so compiling pays from ~60k
+# requests at light load and from ~250k at 0.8: this splits the difference.
+COMPILED_FROM_REQUESTS = 100_000
 
 COMPLETED, REJECTED, UNFINISHED, NOT_ARRIVED = 0, 1, 2, 3
 STATUS_NAMES = ("completed", "rejected", "unfinished", "not_arrived")
