@@ -1,6 +1,7 @@
 """simsched.jit: which loop a run gets, the cache fingerprint, and numba staying out of small runs."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import types
@@ -82,6 +83,6 @@ req = RequestTable(np.arange(n) * 0.1, np.full(n, 100), np.full(n, 50))
 simulate(req, Scheduler(DynamicBatcher(), k_bins=2), SeedForm(), Gpus(), Oracle(), np.random.default_rng(0))
 print("numba" in sys.modules)
 """
-    env = {k: v for k, v in __import__("os").environ.items() if k != "SIMSCHED_JIT"}
+    env = {k: v for k, v in os.environ.items() if k != "SIMSCHED_JIT"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == str(compiled)
