@@ -20,7 +20,7 @@ import numpy as np
 
 from simsched.calibration_gates import GateSpec, grid_gates
 from simsched.errors import ConfigError, InputError, check_choice, check_positive
-from simsched.latency import Affine, SeedForm
+from simsched.latency import Affine, LatencyForm, SeedForm
 
 GRID_COLUMNS = ("batch_size", "prompt_len", "output_len", "mean_latency_s", "std_latency_s", "num_trials")
 # Plausibility bounds: a value beyond these is a typo or a corrupted file, not a measurement
@@ -292,3 +292,6 @@ class Calibrated:
 
     def batch_time(self, b: Any, L: Any, prompt_sum: Any) -> Any:
         return self.model.batch_time(b, L, prompt_sum)
+
+    def kernel_form(self) -> LatencyForm:
+        return self.model.kernel_form()

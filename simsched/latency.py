@@ -3,19 +3,72 @@ and whose prompts sum to P tokens. All are plain arithmetic, so they accept nump
 
 Time to first token and time between tokens follow from T itself (see ``first_token_time`` and
 ``mean_tbt``), so TTFT/TBT are defined for every model, including fitted ones.
+
+Each form is one plain function of its coefficients and (b, L, P) (``seed_form_time``,
+``affine_time``, ``step_batch_time``): the model classes call it for ``batch_time``, and the
+compiled engine loop calls it through ``form_time`` with the coefficients a model hands over in
+``kernel_form()``. One expression per form, so the two cannot drift apart.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 from simsched.errors import ConfigError, check_positive
+from simsched.jit import jitable
+
+# Form ids of ``LatencyForm.kind``.
+SEED_FORM, AFFINE, STEP_TIME = 0, 1, 2
+
+
+class LatencyForm(NamedTuple):
+    """A latency model as plain numbers, for the compiled loop: the form id and its
+    coefficients in the order ``form_time`` reads them."""
+
+    kind: int
+    coefs: np.ndarray
 
 
 class LatencyModel(Protocol):
+    """T(b, L, P). Models that also have ``kernel_form() -> LatencyForm`` (every shipped one)
+    run in the compiled loop; a model with ``batch_time`` only runs in the Python loop."""
+
     def batch_time(self, b: Any, L: Any, prompt_sum: Any) -> Any: ...
+
+
+@jitable
+def seed_form_time(alpha: Any, beta: Any, gamma: Any, prefill: Any, b: Any, L: Any, P: Any) -> Any:
+    """T = α + β·L·(1 + γ(b−1)/b) + π·P (the seed's saturating form)."""
+    return alpha + beta * L * (1.0 + gamma * (b - 1) / b) + prefill * P
+
+
+@jitable
+def affine_time(alpha: Any, beta0: Any, beta1: Any, prefill: Any, kv: Any, b: Any, L: Any, P: Any) -> Any:
+    """T = α + L·(β0 + β1·b) + π·P + κ·(P·L + b·L²/2) (Pang et al.'s step time over L steps)."""
+    return alpha + L * (beta0 + beta1 * b) + prefill * P + kv * (P * L + b * L * L / 2.0)
+
+
+@jitable
+def step_batch_time(c0: Any, cpu: Any, c_pf: Any, c_dec: Any, c_ctx: Any, c_attn: Any,
+                    b: Any, L: Any, P: Any) -> Any:
+    """StepTime integrated over a run-to-completion batch: one prefill step of P tokens
+    (attention term as for b equal prompts), then L − 1 decode steps of b sequences."""
+    steps = L - 1.0
+    prefill = c0 + cpu + c_pf * P + c_dec * 0.0 + c_ctx * 0.0 + c_attn * (P * P / (2.0 * b))
+    decode = steps * (c0 + cpu + c_dec * b) + c_ctx * (steps * P + b * L * steps / 2.0)
+    return prefill + decode
+
+
+@jitable
+def form_time(kind: int, c: np.ndarray, b: Any, L: Any, P: Any) -> float:
+    """T(b, L, P) of the form ``kind`` with coefficients ``c`` (a ``LatencyForm``)."""
+    if kind == SEED_FORM:
+        return seed_form_time(c[0], c[1], c[2], c[3], b, L, P)
+    if kind == AFFINE:
+        return affine_time(c[0], c[1], c[2], c[3], c[4], b, L, P)
+    return step_batch_time(c[0], c[1], c[2], c[3], c[4], c[5], b, L, P)
 
 
 @dataclass(frozen=True)
@@ -39,8 +92,11 @@ class SeedForm:
         check_positive("prefill_s_per_token", self.prefill_s_per_token, allow_zero=True)
 
     def batch_time(self, b: Any, L: Any, prompt_sum: Any) -> Any:
-        return (self.alpha_s + self.beta_s * L * (1.0 + self.gamma * (b - 1) / b)
-                + self.prefill_s_per_token * prompt_sum)
+        return seed_form_time(self.alpha_s, self.beta_s, self.gamma, self.prefill_s_per_token, b, L, prompt_sum)
+
+    def kernel_form(self) -> LatencyForm:
+        return LatencyForm(SEED_FORM, np.array([self.alpha_s, self.beta_s, self.gamma,
+                                                self.prefill_s_per_token], dtype=np.float64))
 
 
 @dataclass(frozen=True)
@@ -66,9 +122,12 @@ class Affine:
             raise ConfigError("beta0_s", "beta0_s + beta1_s must be > 0 (decode steps take time)", self.beta0_s)
 
     def batch_time(self, b: Any, L: Any, prompt_sum: Any) -> Any:
-        return (self.alpha_s + L * (self.beta0_s + self.beta1_s * b)
-                + self.prefill_s_per_token * prompt_sum
-                + self.kv_s_per_token * (prompt_sum * L + b * L * L / 2.0))
+        return affine_time(self.alpha_s, self.beta0_s, self.beta1_s, self.prefill_s_per_token,
+                           self.kv_s_per_token, b, L, prompt_sum)
+
+    def kernel_form(self) -> LatencyForm:
+        return LatencyForm(AFFINE, np.array([self.alpha_s, self.beta0_s, self.beta1_s,
+                                             self.prefill_s_per_token, self.kv_s_per_token], dtype=np.float64))
 
 
 def first_token_time(model: LatencyModel, b: Any, prompt_sum: Any) -> Any:
@@ -132,9 +191,10 @@ class StepTime:
         b = np.asarray(b, dtype=float)
         L = np.asarray(L, dtype=float)
         P = np.asarray(prompt_sum, dtype=float)
-        steps = L - 1.0
-        prefill = self.step_time(P, 0.0, 0.0, P * P / (2.0 * b))
-        decode = (steps * (self.c0_s + self.cpu_s + self.c_dec_s * b)
-                  + self.c_ctx_s * (steps * P + b * L * steps / 2.0))
-        out = prefill + decode
+        out = step_batch_time(self.c0_s, self.cpu_s, self.c_pf_s, self.c_dec_s, self.c_ctx_s, self.c_attn_s,
+                              b, L, P)
         return float(out) if np.ndim(out) == 0 else out
+
+    def kernel_form(self) -> LatencyForm:
+        return LatencyForm(STEP_TIME, np.array([self.c0_s, self.cpu_s, self.c_pf_s, self.c_dec_s,
+                                                self.c_ctx_s, self.c_attn_s], dtype=np.float64))

@@ -53,39 +53,67 @@ def _table(columns: dict[str, Any]) -> Any:
     return pa.Table.from_arrays(arrays, names=list(columns))
 
 
-def requests_table(res: SimResult) -> Any:
+def requests_table(res: SimResult, rows: slice = slice(None)) -> Any:
+    """The requests table (``rows`` of it): the per-request columns are gathered from the
+    batches here, a slice at a time, so writing a large run never holds them all at once."""
     req = res.requests
-    status = _categories(res.status, STATUS_NAMES)
-    reason = _categories(res.reason, REASONS)
+    lo, hi, _ = rows.indices(len(req))
+    status = _categories(res.status[rows], STATUS_NAMES)
+    reason = _categories(res.reason[rows], REASONS)
     return _table({
-        "id": np.arange(len(req), dtype=np.int64),
-        "arrival": req.arrival,
-        "start": res.start,
-        "first_token": res.first_token,
-        "completion": res.finish,
-        "prompt_tokens": req.prompt,
-        "output_tokens": req.output,
-        "predicted_output": res.predicted,
-        "bin": res.bin,
-        "gpu": res.gpu,
-        "batch_id": res.batch,
-        "tbt": res.tbt,
+        "id": np.arange(lo, hi, dtype=np.int64),
+        "arrival": req.arrival[rows],
+        "start": res.column("start", rows),
+        "first_token": res.column("first_token", rows),
+        "completion": res.column("finish", rows),
+        "prompt_tokens": req.prompt[rows],
+        "output_tokens": req.output[rows],
+        "predicted_output": res.predicted[rows],
+        "bin": res.bin[rows],
+        "gpu": res.column("gpu", rows),
+        "batch_id": res.batch[rows].astype(np.int64),
+        "tbt": res.column("tbt", rows),
         "status": status,
         "reason": reason,
     })
 
 
-def write_tables(out_dir: Path, res: SimResult, requests: bool = True, batches: bool = True) -> list[Path]:
+# Rows per Parquet row group (pyarrow's default), which is also the slice written at a time.
+ROW_GROUP = 1 << 20
+# Dictionary encoding only where values repeat (token counts, bins, GPUs, categories); ids as
+# deltas. Float columns take plain encoding: a dictionary of unique floats is wasted work.
+_DICTIONARY = ["prompt_tokens", "output_tokens", "predicted_output", "bin", "gpu", "status", "reason",
+               "size", "max_output", "completed"]
+_DELTA = ("id", "batch_id")
+
+
+def _write(path: Path, tables: Any) -> None:
+    """Write the tables (one schema) to one Parquet file, a row group each."""
     import pyarrow.parquet as pq
 
+    writer = None
+    try:
+        for table in tables:
+            if writer is None:
+                names = set(table.column_names)
+                writer = pq.ParquetWriter(path, table.schema, use_dictionary=[c for c in _DICTIONARY if c in names],
+                                          column_encoding={c: "DELTA_BINARY_PACKED" for c in _DELTA if c in names})
+            writer.write_table(table, row_group_size=ROW_GROUP)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def write_tables(out_dir: Path, res: SimResult, requests: bool = True, batches: bool = True) -> list[Path]:
     written = []
     if requests:
         path = out_dir / "requests.parquet"
-        pq.write_table(requests_table(res), path)
+        n = len(res.requests)
+        _write(path, (requests_table(res, slice(lo, lo + ROW_GROUP)) for lo in range(0, max(n, 1), ROW_GROUP)))
         written.append(path)
     if batches:
         path = out_dir / "batches.parquet"
-        pq.write_table(_table(res.batches), path)
+        _write(path, [_table(res.batches)])
         written.append(path)
     return written
 
@@ -98,9 +126,12 @@ def plot_latency_cdf(path: Path, res: SimResult, title: str) -> Path:
 
     done = res.status == 0
     lat = np.sort(res.finish[done] - res.requests.arrival[done])
+    # The CDF through at most 2,000 of its points (first and last included): the same curve at
+    # this size, without drawing a million-point line.
+    rank = np.unique(np.linspace(0, len(lat) - 1, min(len(lat), 2000)).round().astype(np.int64))
     fig, ax = plt.subplots(figsize=(6, 4))
     if len(lat):
-        ax.plot(lat, np.arange(1, len(lat) + 1) / len(lat))
+        ax.plot(lat[rank], (rank + 1) / len(lat))
     ax.set_xlabel("end-to-end latency (s)")
     ax.set_ylabel("fraction of completed requests")
     ax.set_title(title)

@@ -29,7 +29,7 @@ from types import MappingProxyType
 from typing import Any
 
 from simsched.errors import ConfigError, check_choice, check_positive, check_probability
-from simsched.latency import StepTime
+from simsched.latency import LatencyForm, StepTime
 
 GIB = 2**30
 
@@ -244,6 +244,9 @@ class Roofline:
 
     def batch_time(self, b: Any, L: Any, prompt_sum: Any) -> Any:
         return self.step_model.batch_time(b, L, prompt_sum)
+
+    def kernel_form(self) -> LatencyForm:
+        return self.step_model.kernel_form()
 
 
 def kv_capacity_resolver(latency_model: Any) -> int:

@@ -11,8 +11,10 @@ from typing import Any
 import numpy as np
 
 from simsched.errors import ConfigError, check_choice, check_positive
+from simsched.jit import jitable
 
 BIN_SELECTIONS = ("round_robin", "longest_queue", "oldest_first")
+ROUND_ROBIN, LONGEST_QUEUE, OLDEST_FIRST = 0, 1, 2   # index in BIN_SELECTIONS
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,34 @@ class Scheduler:
     def assign_bins(self, predicted: np.ndarray, cuts: np.ndarray) -> np.ndarray:
         """Bin index per request: bin i holds cuts[i−1] <= predicted < cuts[i]."""
         return np.searchsorted(cuts, predicted, side="right").astype(np.int32)
+
+    @property
+    def selection_rule(self) -> int:
+        """``bin_selection`` as the number ``choose_bin`` reads."""
+        return BIN_SELECTIONS.index(self.bin_selection)
+
+
+@jitable
+def choose_bin(rule: int, waiting: np.ndarray, head_arrival: np.ndarray, need: int, rr: int) -> int:
+    """The bin to serve next, or -1 when no bin holds ``need`` waiting requests.
+
+    ``round_robin``: the first such bin from ``rr`` on (the engine sets rr to the bin after the
+    last one served); ``longest_queue``: the most waiting requests; ``oldest_first``: the
+    earliest-arrived head of queue (``head_arrival``). Ties go to the lowest bin index."""
+    k_bins = len(waiting)
+    if rule == ROUND_ROBIN:
+        for j in range(k_bins):
+            k = (rr + j) % k_bins
+            if waiting[k] >= need:
+                return k
+        return -1
+    best, best_key = -1, 0.0
+    for k in range(k_bins):
+        if waiting[k] >= need:
+            key = -float(waiting[k]) if rule == LONGEST_QUEUE else float(head_arrival[k])
+            if best < 0 or key < best_key:
+                best, best_key = k, key
+    return best
 
 
 @dataclass(frozen=True)

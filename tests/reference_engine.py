@@ -3,7 +3,9 @@
 One Python object per request, list queues, and a single event heap keyed
 ``(time, priority, seq)``: completions (priority 0, seq = gpu) before arrivals (priority 1,
 seq = row). Handlers return nothing fancy; it is slow and obvious. The fast engine must agree
-with it bit for bit: same batches, GPUs, start and finish times.
+with it bit for bit: same batches, GPUs, start, first-token and finish times, TBT and status.
+It shares only the batcher's controller (Algorithms 1 and 2) and the latency model's
+``batch_time`` with the engine; queues, bins, memory statistics, events and the clock are its own.
 """
 from __future__ import annotations
 
@@ -21,19 +23,32 @@ class Req:
     prompt: int
     output: int
     bin: int
+    predicted: int
     start: float = math.nan
     finish: float = math.nan
+    first_token: float = math.nan
+    tbt: float = math.nan
     gpu: int = -1
     batch: int = -1
+    status: str = "unfinished"
 
 
-def reference_simulate(requests, scheduler, latency, gpus, bins: np.ndarray) -> dict[str, np.ndarray]:
-    """Serve the requests (bins given) and return per-request batch, gpu, start and finish."""
+def reference_simulate(requests, scheduler, latency, gpus, bins: np.ndarray, predicted: np.ndarray | None = None,
+                       horizon: float = math.inf, release: str = "batch_end") -> dict[str, np.ndarray]:
+    """Serve the requests (bins and predictions given; predictions default to the true
+    outputs) until every one is done or the clock would pass ``horizon``; return per-request
+    batch, gpu, start, first_token, finish, tbt and status."""
     n = len(requests)
-    reqs = [Req(i, float(requests.arrival[i]), int(requests.prompt[i]), int(requests.output[i]), int(bins[i]))
-            for i in range(n)]
+    pred = requests.output if predicted is None else predicted
+    reqs = [Req(i, float(requests.arrival[i]), int(requests.prompt[i]), int(requests.output[i]), int(bins[i]),
+                int(pred[i])) for i in range(n)]
     eta = int(gpus.kv_capacity_tokens)
-    admitted = [r for r in reqs if r.prompt + r.output <= eta]
+    for r in reqs:
+        if r.arrival > horizon:
+            r.status = "not_arrived"
+        elif r.prompt + r.output > eta:
+            r.status = "rejected"
+    admitted = [r for r in reqs if r.status == "unfinished"]
     K = int(scheduler.k_bins)
     queues: list[list[Req]] = [[] for _ in range(K)]
     seen: list[list[Req]] = [[] for _ in range(K)]       # arrived, per bin
@@ -61,8 +76,8 @@ def reference_simulate(requests, scheduler, latency, gpus, bins: np.ndarray) -> 
             mo = so / m
             vo = so2 / m - mo * mo
         else:
-            so = float(sum(r.output for r in seen[k]))  # predictions = outputs (oracle)
-            so2 = float(sum(r.output * r.output for r in seen[k]))
+            so = float(sum(r.predicted for r in seen[k]))
+            so2 = float(sum(r.predicted * r.predicted for r in seen[k]))
             mo = so / a
             vo = so2 / a - mo * mo
         return mp + mo, math.sqrt(max(vp, 0.0) + max(vo, 0.0))
@@ -80,7 +95,7 @@ def reference_simulate(requests, scheduler, latency, gpus, bins: np.ndarray) -> 
             return min(ready, key=lambda k: (-len(queues[k]), k))
         return min(ready, key=lambda k: (queues[k][0].arrival, k))
 
-    while events:
+    while events and events[0][0] <= horizon:
         t = events[0][0]
         # Handle every event at time t: completions first (priority 0), then arrivals.
         while events and events[0][0] == t:
@@ -89,6 +104,7 @@ def reference_simulate(requests, scheduler, latency, gpus, bins: np.ndarray) -> 
                 gpu, members, b, tbt, k = item
                 for r in members:
                     done[k].append(r)
+                    r.status = "completed"
                 ctl[k].observe(b, tbt)
                 heapq.heappush(free, gpu)
             else:
@@ -116,12 +132,16 @@ def reference_simulate(requests, scheduler, latency, gpus, bins: np.ndarray) -> 
             gpu = heapq.heappop(free)
             bid = len(batches)
             for r in members:
-                r.start, r.finish, r.gpu, r.batch = t, t + dur, gpu, bid
+                r.start, r.gpu, r.batch, r.first_token, r.tbt = t, gpu, bid, t + t1, tbt
+                r.finish = t + (dur if release == "batch_end" else latency.batch_time(b, r.output, P))
             batches.append((gpu, members, t + dur))
             heapq.heappush(events, (t + dur, 0, gpu, (gpu, members, b, tbt, k)))
     return {
         "batch": np.array([r.batch for r in reqs]),
         "gpu": np.array([r.gpu for r in reqs]),
         "start": np.array([r.start for r in reqs]),
-        "finish": np.array([r.finish for r in reqs]),
+        "first_token": np.array([r.first_token for r in reqs]),
+        "finish": np.array([r.finish if r.status == "completed" else math.nan for r in reqs]),
+        "tbt": np.array([r.tbt for r in reqs]),
+        "status": np.array([r.status for r in reqs]),
     }
