@@ -19,7 +19,8 @@ from simsched.errors import ConfigError, SimschedError
 GROUP_COMPONENTS = {
     "engine": ["simsched.engines.run_to_completion_options.RunToCompletionEngine",
                "simsched.engines.continuous.options.ContinuousEngine"],
-    "scheduler": ["simsched.scheduler.Scheduler", "simsched.scheduler.VllmScheduler"],
+    "scheduler": ["simsched.scheduler.Scheduler", "simsched.scheduler.VllmScheduler",
+                  "simsched.scheduler.QueuePolicy"],
     "latency_model": ["simsched.latency.SeedForm", "simsched.latency.Affine", "simsched.latency.StepTime",
                       "simsched.calibration.Calibrated", "simsched.roofline.Roofline"],
     "predictor": ["simsched.predictor.Oracle", "simsched.predictor.Noisy"],

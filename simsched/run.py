@@ -15,13 +15,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from simsched.config import build
 from simsched.engines.continuous import ContinuousEngine, simulate_continuous
+from simsched.engines.continuous.policies import policy_setup
 from simsched.engines.continuous.simulate import prepare as prepare_continuous
+from simsched.engines.continuous.simulate import usable_kv_tokens
 from simsched.engines.run_to_completion import SimResult, simulate
 from simsched.errors import ConfigError
 from simsched.metrics import Sla, Window, compute_metrics
 from simsched.outputs import (format_table, plot_latency_cdf, write_metrics, write_serving_tables,
                               write_tables)
-from simsched.scheduler import VllmScheduler
+from simsched.scheduler import QueuePolicy, VllmScheduler
 from simsched.serving_metrics import compute_serving_metrics, format_serving_table
 from simsched.workloads.summary import format_summary, summarize
 
@@ -53,9 +55,9 @@ def build_components(cfg: DictConfig) -> Components:
     comps = Components(sla=sla, window=window, **parts)
     if is_continuous(comps):
         prepare_continuous(comps.engine, comps.scheduler, comps.latency_model, comps.gpus)
-    elif isinstance(comps.scheduler, VllmScheduler):
-        raise ConfigError("scheduler", "vllm is vLLM's own scheduler and runs only on engine=continuous",
-                          "vllm", allowed="static_fifo, dynamic_no_bins, multi_bin_dynamic, multi_bin_static")
+    elif isinstance(comps.scheduler, (VllmScheduler, QueuePolicy)):
+        raise ConfigError("scheduler", f"{comps.scheduler.name} orders vLLM's WAITING queue and runs only on "
+                          "engine=continuous", comps.scheduler.name, allowed="static_fifo, dynamic_no_bins, multi_bin_dynamic, multi_bin_static")
     return comps
 
 
@@ -76,7 +78,9 @@ def simulate_config(cfg: DictConfig, comps: Components | None = None) -> tuple[A
     t1 = time.perf_counter()
     if is_continuous(comps):
         step, hardware, cap = prepare_continuous(comps.engine, comps.scheduler, comps.latency_model, comps.gpus)
-        res, _ = simulate_continuous(requests, comps.engine, step, hardware, cap)
+        policy = policy_setup(comps.engine, comps.scheduler, comps.predictor, requests,
+                              np.random.default_rng(sim_ss), usable_kv_tokens(comps.engine, hardware, cap))
+        res, _ = simulate_continuous(requests, comps.engine, step, hardware, cap, policy=policy)
         t2 = time.perf_counter()
         metrics = compute_serving_metrics(res, comps.sla, comps.window)
     else:

@@ -92,3 +92,31 @@ class VllmScheduler:
     waiting-queue policy (fcfs | priority) and limits are the ``engine.*`` settings."""
 
     name: str = "vllm"
+
+
+ORDERS = ("sjf", "priority", "lpm")
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """A WAITING-queue order that only ``engine=continuous`` runs (vLLM's limits stay the
+    ``engine.*`` settings):
+
+    - ``sjf``: shortest predicted output first (the ``predictor`` group's predictions). Aging:
+      a waiting request is credited ``aging_tokens_per_s`` tokens per second it has waited,
+      i.e. it is ordered by ``predicted + aging_tokens_per_s · arrival_time`` (the credit grows
+      alike for all waiting requests, so this static key is the aged order at every moment).
+      A request is therefore never overtaken by one arriving more than
+      ``predicted / aging_tokens_per_s`` seconds after it: no starvation while the rate is > 0.
+    - ``priority``: vLLM's priority policy (the workload's ``priority`` column, then arrival).
+    - ``lpm``: SGLang's longest-prefix-match order (needs block hashes in the workload and
+      ``engine.enable_prefix_caching``; otherwise it is FCFS).
+    """
+
+    name: str = "sjf"
+    order: str = "sjf"
+    aging_tokens_per_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_choice("order", self.order, ORDERS)
+        check_positive("aging_tokens_per_s", self.aging_tokens_per_s, allow_zero=True)

@@ -23,10 +23,11 @@ from __future__ import annotations
 import math
 
 from simsched.engines.continuous.block_pool import never_fits
+from simsched.engines.continuous.controller import note_arrival, observe_step, remember_step
 from simsched.engines.continuous.fast_forward import try_jump
 from simsched.engines.continuous.schedule import log_event, schedule, step_label
 from simsched.engines.continuous.state import (C_ARRIVAL_PTR, C_EVENTS, C_STEPS, C_TICKS, C_TS, EV_COUNTS_SCHED,
-                                              EV_COUNTS_UPDATE, EV_STEP, EV_UPDATE, T_SCHED,
+                                              DEC, EV_COUNTS_UPDATE, EV_STEP, EV_UPDATE, T_SCHED,
                                               GPU, LF_TS_NEXT, N_FREE, NBLK, P_COUNT, P_HEAD, P_LEN, PF, PLAN_F, PLAN_W,
                                               REASON, REJECTED, REP_NEXT, REPLICA, RUN_LEN, STATUS, STEPS, TICK,
                                               WAITING, WQ_LEN)
@@ -49,6 +50,8 @@ def route(P, Q, R, S, K, i, t):
         R.ri[i, REASON] = why
         return
     R.ri[i, STATUS] = WAITING
+    if P.ctl_on:
+        note_arrival(Q, S, g, i)
     wq_push_back(P, Q, S, g, i)
     if S.sf[g, TICK] == math.inf:
         S.sf[g, TICK] = t
@@ -87,6 +90,8 @@ def tick(P, Q, R, S, K, L, g, t):
             log_event(L, label, EV_COUNTS_UPDATE, S.si[g, RUN_LEN], S.si[g, WQ_LEN])
         S.si[g, P_HEAD] = 1 - slot
         S.si[g, P_COUNT] -= 1
+    if P.ctl_on:
+        observe_step(P, S, g)
     if try_jump(P, Q, R, S, K, L, g, t):
         return
     count = S.si[g, P_COUNT]
@@ -114,6 +119,8 @@ def tick(P, Q, R, S, K, L, g, t):
         S.si[g, P_HEAD] = slot
     S.si[g, P_COUNT] = count + 1
     dur = tick_length(P, S.sf[g, PLAN_F + PLAN_W * slot + GPU], in_flight)
+    if P.ctl_on:
+        remember_step(S, g, S.si[g, P_LEN + slot], S.sf[g, PLAN_F + PLAN_W * slot + DEC], dur)
     if P.record_steps:
         record_step(S, K, L, g, t, dur, slot, n_pre, n_adm)
     S.sf[g, TICK] = t + dur

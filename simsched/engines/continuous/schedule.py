@@ -18,7 +18,8 @@ Rules, in vLLM's order (``Scheduler.schedule``):
    request frees its blocks, restarts from 0 computed tokens (recompute; v1 has no swap) and
    goes to the front of WAITING.
 3. WAITING, only if nothing was preempted in this step: while budget remains and fewer than
-   ``max_num_seqs`` run, take the head; a request still owed stale output from before its
+   ``max_num_seqs`` run (or, under Pang's controllers, their cap b*: ``controller``), take
+   the head (of the policy's order: ``waiting_queue``); a request still owed stale output from before its
    preemption is skipped (requeued at the front afterwards); look up its prefix-cache hit,
    give it ``num_tokens - hit`` tokens (threshold, budget), and stop at the first head whose
    blocks cannot be allocated (head-of-line blocking; with the full-sequence gate the whole
@@ -36,11 +37,13 @@ from __future__ import annotations
 from simsched.engines.continuous.block_pool import allocate_running, allocate_waiting, find_cache_hit, free_row
 from simsched.engines.continuous.state import (ATTN, C_EVENTS, COMPUTED, CTX, DEC, EV_HIT, EV_PREEMPTED, EV_SCHEDULED,
                                               GPU, HIT_TOKENS, IDS, IN_FLIGHT, MAX_TOKENS, ORDER, N_OUT, N_PREEMPT, NTOK,
-                                              P_LEN, PF, PLACEHOLDERS, PLAN_F, PLAN_W, POLICY_FCFS, PREEMPTED, PRIORITY,
+                                              P_LEN, PF, PLACEHOLDERS, PLAN_F, PLAN_W, POLICY_LPM, POLICY_PRIORITY, PREEMPTED,
+                                              PRIORITY,
                                               PROD, PROMPT, ROW, RUN_LEN, RUNNING, STALE, STATUS, STEPS,
                                               T_FIRST_SCHED, T_SCHED, WQ_LEN)
 from simsched.engines.continuous.step_time import gpu_time
-from simsched.engines.continuous.waiting_queue import wq_peek, wq_pop, wq_push_front
+from simsched.engines.continuous.controller import running_cap
+from simsched.engines.continuous.waiting_queue import lpm_sort, wq_peek, wq_pop, wq_push_front
 from simsched.jit import jitable
 
 
@@ -130,7 +133,7 @@ def schedule(P, Q, R, S, K, L, g, t, slot):
             if allocate_running(P, Q, R, K, g, i, new):
                 scheduled = True
                 break
-            if P.policy == POLICY_FCFS:
+            if P.policy != POLICY_PRIORITY:   # fcfs (and the rings of bins, lpm): the tail
                 S.si[g, RUN_LEN] -= 1
                 v = S.run[g, S.si[g, RUN_LEN]]
             else:
@@ -154,7 +157,7 @@ def schedule(P, Q, R, S, K, L, g, t, slot):
             if v == i:
                 break
         if not scheduled:
-            if P.policy != POLICY_FCFS and ri[i, STATUS] == PREEMPTED:
+            if P.policy == POLICY_PRIORITY and ri[i, STATUS] == PREEMPTED:
                 continue                   # it preempted itself; later ones may still fit
             break
         plan[g, slot, IDS, n] = i
@@ -166,8 +169,11 @@ def schedule(P, Q, R, S, K, L, g, t, slot):
     n_adm = 0
     if n_pre == 0:
         n_skip = 0
-        while budget > 0 and S.si[g, WQ_LEN] > 0 and S.si[g, RUN_LEN] < P.max_seqs:
-            i = wq_peek(P, S, g)
+        cap = running_cap(P, Q, R, S, g) if P.ctl_on else P.max_seqs
+        if P.policy == POLICY_LPM:
+            lpm_sort(P, Q, R, S, K, g)
+        while budget > 0 and S.si[g, WQ_LEN] > 0 and S.si[g, RUN_LEN] < cap:
+            i = wq_peek(P, Q, S, g)
             if ri[i, STALE] > 0:           # stale output still in flight: requeue after the pass
                 S.scratch[n_skip] = wq_pop(P, Q, S, g)
                 n_skip += 1

@@ -11,6 +11,7 @@ import numpy as np
 from simsched.engines.continuous import state as st
 from simsched.engines.continuous.loop import DONE, PAUSE_BUDGET, PAUSE_EVENTS, PAUSE_STEPS, PAUSE_TS, run_loop
 from simsched.engines.continuous.options import ContinuousEngine
+from simsched.engines.continuous.policies import PolicySetup, check_policy, max_seqs_cap
 from simsched.engines.continuous.step_time import as_step_time
 from simsched.engines.continuous.result import (COMPLETED, NOT_ARRIVED, REASONS, REJECTED, UNFINISHED,
                                                 ContinuousResult, check_invariants)
@@ -32,29 +33,37 @@ class Hardware:
 
 
 def build_params(engine: ContinuousEngine, step: StepTime, hw: Hardware, max_seqs_cap: int | None,
-                 hash_block_tokens: int, unit_steps: bool = False, record_events: bool = False) -> st.Params:
+                 hash_block_tokens: int, unit_steps: bool = False, record_events: bool = False,
+                 policy: PolicySetup | None = None) -> st.Params:
     res = engine.resolved(hw.name, hw.memory_gib, hw.kv_capacity_tokens, max_seqs_cap)
     cpu = step.cpu_s if engine.step_cpu_s is None else engine.step_cpu_s
+    if policy is None:
+        code = st.POLICY_FCFS if engine.policy == "fcfs" else st.POLICY_PRIORITY
+        policy = PolicySetup(engine.policy, code, np.zeros(0, dtype=np.int64))
+    ctl_on = policy.controller is not None
     return st.Params(
         max_batched=int(res.max_num_batched_tokens), max_seqs=int(res.max_num_seqs),
         block_size=int(engine.block_size), max_model_len=int(engine.max_model_len),
         lpt=int(engine.long_prefill_token_threshold), caching=bool(engine.enable_prefix_caching),
-        policy=st.POLICY_FCFS if engine.policy == "fcfs" else st.POLICY_PRIORITY,
+        policy=int(policy.code),
         async_sched=bool(engine.async_scheduling), gate=bool(engine.full_sequence_gate),
-        watermark_blocks=int(engine.watermark * res.num_gpu_blocks), fast_forward=bool(engine.fast_forward),
+        watermark_blocks=int(engine.watermark * res.num_gpu_blocks),
+        fast_forward=bool(engine.fast_forward) and not ctl_on,   # the controllers watch every step
         unit_steps=bool(unit_steps), record_steps=bool(engine.steps_table), record_events=bool(record_events),
         hash_block_tokens=int(hash_block_tokens),
         c0=float(step.c0_s), c_pf=float(step.c_pf_s), c_dec=float(step.c_dec_s), c_ctx=float(step.c_ctx_s),
         c_attn=float(step.c_attn_s), cpu=float(cpu),
         horizon=math.inf if engine.horizon_s is None else float(engine.horizon_s),
         ts_interval=math.inf if unit_steps else float(engine.timeseries_interval_s),
+        k_bins=int(policy.k_bins), bin_rule=int(policy.bin_rule), ctl_on=ctl_on, ctl=policy.params_for_engine(),
     )
 
 
 def simulate_continuous(requests: RequestTable, engine: ContinuousEngine, step: StepTime, hw: Hardware,
                         max_seqs_cap: int | None = None, *, unit_steps: bool = False,
                         record_events: bool = False, serve_max_tokens: bool = True,
-                        progress=None) -> tuple[ContinuousResult, dict[str, np.ndarray] | None]:
+                        progress=None, policy: PolicySetup | None = None
+                        ) -> tuple[ContinuousResult, dict[str, np.ndarray] | None]:
     """Run one simulation. ``unit_steps``: step-conformance mode (arrival times are engine
     iterations, every step lasts 1). ``record_events``: also return the per-step event log
     (see ``state.EV_*``). ``serve_max_tokens``: a request's max_tokens is capped at
@@ -65,7 +74,7 @@ def simulate_continuous(requests: RequestTable, engine: ContinuousEngine, step: 
     n = len(requests)
     G = int(hw.replicas)
     hb = engine.hash_block_tokens or requests.hash_block_tokens or engine.block_size
-    P = build_params(engine, step, hw, max_seqs_cap, hb, unit_steps, record_events)
+    P = build_params(engine, step, hw, max_seqs_cap, hb, unit_steps, record_events, policy)
     blocks = engine.resolved(hw.name, hw.memory_gib, hw.kv_capacity_tokens, max_seqs_cap).num_gpu_blocks
     if requests.hash_offsets is not None:
         hash_off, hash_val = requests.hash_offsets, requests.hash_values
@@ -74,12 +83,17 @@ def simulate_continuous(requests: RequestTable, engine: ContinuousEngine, step: 
     max_tokens = requests.output
     if serve_max_tokens:
         max_tokens = np.minimum(requests.output, np.maximum(engine.max_model_len - requests.prompt, 1))
+    if policy is not None:
+        priority = policy.priority
+    else:
+        priority = requests.priority if requests.priority is not None else np.zeros(n, dtype=np.int64)
     Q = st.new_reqs(
-        requests.arrival, requests.prompt, max_tokens,
-        requests.priority if requests.priority is not None else np.zeros(n, dtype=np.int64),
-        np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64) % G, hash_off, hash_val)
+        requests.arrival, requests.prompt, max_tokens, priority,
+        np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64) % G, hash_off, hash_val,
+        None if policy is None else policy.predicted, None if policy is None else policy.bins)
     R = st.new_rstate(n)
-    S = st.new_sched(Q.qi[:, st.REPLICA], G, P.max_seqs, P.policy, P.block_size)
+    sla = (policy or PolicySetup("", 0, priority)).sla(G)
+    S = st.new_sched(Q.qi[:, st.REPLICA], G, P.max_seqs, P.policy, P.block_size, P.k_bins, sla)
     max_blocks = min(-(-engine.max_model_len // engine.block_size), blocks)
     K = st.new_pool(np.full(G, blocks, dtype=np.int64), P.max_seqs, max_blocks)
     span = float(requests.arrival[-1] - requests.arrival[0]) if n else 0.0
@@ -107,6 +121,10 @@ def simulate_continuous(requests: RequestTable, engine: ContinuousEngine, step: 
     loop_cpu_s = time.process_time() - c0
     check_blocks(K, R)
     res = collect(requests, engine, P, R, S, L, G, blocks)
+    if policy is not None:
+        res.settings["policy"] = policy.name
+        if policy.ignored:
+            res.settings["policy_ignored"] = policy.ignored
     check_invariants(res, np.minimum(requests.output, np.maximum(engine.max_model_len - requests.prompt, 0)))
     res.counters["loop_ms"] = int(round(loop_s * 1000))
     res.counters["loop_cpu_ms"] = int(round(loop_cpu_s * 1000))
@@ -200,26 +218,19 @@ def collect(requests: RequestTable, engine: ContinuousEngine, P: st.Params, R: s
     return res
 
 
+def usable_kv_tokens(engine: ContinuousEngine, hw: Hardware, cap: int | None) -> int:
+    """One replica's KV capacity in tokens without vLLM's null block (Algorithm 1's η)."""
+    blocks = engine.resolved(hw.name, hw.memory_gib, hw.kv_capacity_tokens, cap).num_gpu_blocks
+    return (blocks - 1) * engine.block_size
+
+
 def prepare(engine: ContinuousEngine, scheduler: Any, latency_model: Any, gpus: Any
             ) -> tuple[StepTime, Hardware, int | None]:
     """What this engine takes from the other groups: the step form of the latency model, the
-    replicas' hardware, and a sequence cap from the scheduler group. ``scheduler=vllm`` is
-    vLLM itself; ``scheduler=static_fifo`` is FCFS with ``max_num_seqs`` = its batch size;
-    other schedulers are run-to-completion batch policies (issue 12 ports them)."""
-    from simsched.errors import ConfigError
-    from simsched.scheduler import Scheduler, VllmScheduler
-
-    cap = None
-    if isinstance(scheduler, Scheduler):
-        batcher = scheduler.batcher
-        if scheduler.k_bins == 1 and type(batcher).__name__ == "FixedBatcher":
-            cap = int(batcher.batch_size)
-        else:
-            raise ConfigError("scheduler", f"'{scheduler.name}' batches run to completion and does not run on "
-                              "engine=continuous yet", allowed="vllm, static_fifo")
-    elif not isinstance(scheduler, VllmScheduler):
-        raise ConfigError("scheduler", "does not run on engine=continuous", getattr(scheduler, "name", None),
-                          allowed="vllm, static_fifo")
+    replicas' hardware, and a sequence cap from the scheduler group (``policies``: what each
+    scheduler means on this engine)."""
+    check_policy(engine, scheduler)
+    cap = max_seqs_cap(scheduler)
     step = as_step_time(latency_model)
     memory = getattr(gpus, "memory_gib", None)
     if memory is None:

@@ -30,13 +30,18 @@ import numpy as np
 
 # Request status (vLLM RequestStatus, plus the simulator's own outcomes).
 NOT_ARRIVED, WAITING, RUNNING, PREEMPTED, FINISHED, REJECTED = 0, 1, 2, 3, 4, 5
-POLICY_FCFS, POLICY_PRIORITY = 0, 1
+# WAITING-queue policies: vLLM's two, then the simulator's (``policies``): K bins on predicted
+# output (a ring per bin) and SGLang's longest prefix match (a ring sorted before each pass).
+POLICY_FCFS, POLICY_PRIORITY, POLICY_BINS, POLICY_LPM = 0, 1, 2, 3
+LPM_MAX = 128                         # SGLang sorts by prefix match only up to this queue length
 # Rejection reasons (indices into result.REASONS).
 R_KV, R_MAX_LEN, R_EMPTY = 1, 2, 3
 
 # Reqs.qi columns. MAX_TOKENS is what the request can emit: min(output, max_model_len - prompt)
 # (vLLM's check_stop); ORDER ranks requests as they arrived (vLLM's arrival_time order).
-PROMPT, MAX_TOKENS, PRIORITY, ORDER, REPLICA = range(5)
+# PRIORITY is the priority heap's key (vLLM's priority, or SJF's aged prediction); PRED the
+# predicted output length and BIN the multi-bin queue (``policies``).
+PROMPT, MAX_TOKENS, PRIORITY, ORDER, REPLICA, PRED, BIN = range(7)
 # RState.ri columns (vLLM Request fields: num_computed_tokens, num_output_tokens,
 # num_output_placeholders, num_in_flight_tokens, num_stale_output_tokens, num_preemptions).
 STATUS, COMPUTED, N_OUT, PLACEHOLDERS, IN_FLIGHT, STALE, N_PREEMPT, ROW, HIT_TOKENS, REASON = range(10)
@@ -52,6 +57,11 @@ TICK, PLAN_F = 0, 1
 PF, DEC, CTX, ATTN, GPU, T_SCHED = range(6)
 PLAN_W = 6
 N_SF = PLAN_F + 2 * PLAN_W
+# Sched.ctl columns (per replica, Pang's controllers, ``controller``): the sums of prompts and
+# predicted outputs of arrived requests and of true outputs of finished ones (Algorithm 1's
+# moments), their counts, the last step's batch and length (Algorithm 2's observation).
+SP, SP2, SQ, SQ2, SO, SO2, N_ARR, N_DONE, LAST_B, LAST_DUR = range(10)
+N_CTL = 10
 # Sched.plan[g, slot, field, k].
 IDS, NTOK, PROD = range(3)
 # Pool.kb columns (per block, and the sentinels).
@@ -105,18 +115,27 @@ Params = namedtuple("Params", [
     "c0", "c_pf", "c_dec", "c_ctx", "c_attn", "cpu",   # step time (StepTime) and CPU per step
     "horizon",            # inf: none
     "ts_interval",        # time-series sampling period (inf: off)
+    "k_bins",             # POLICY_BINS: number of queues
+    "bin_rule",           # POLICY_BINS: scheduler.BIN_SELECTIONS index
+    "ctl_on",             # Pang's controllers cap the running batch (``controller``)
+    "ctl",                # their batchers.ControllerParams
 ])
 
 Reqs = namedtuple("Reqs", ["qi", "arrival", "hash_off", "hash_val"])
 RState = namedtuple("RState", ["ri", "rf"])
-Sched = namedtuple("Sched", ["si", "sf", "run", "plan", "wq", "rep_reqs", "scratch"])
+Sched = namedtuple("Sched", ["si", "sf", "run", "plan", "wq", "rep_reqs", "scratch", "ctl", "sla"])
 Pool = namedtuple("Pool", ["kb", "ki", "ht", "tbl", "rows", "row_stack", "scratch"])
 Log = namedtuple("Log", ["counters", "lf", "ts", "steps", "ev", "itl_hist"])
 
 
-def new_reqs(arrival, prompt, max_tokens, priority, order, replica, hash_off, hash_val) -> Reqs:
-    qi = np.stack([np.asarray(x, dtype=np.int64) for x in (prompt, max_tokens, priority, order, replica)],
-                  axis=1) if len(arrival) else np.zeros((0, 5), dtype=np.int64)
+def new_reqs(arrival, prompt, max_tokens, priority, order, replica, hash_off, hash_val,
+             predicted=None, bins=None) -> Reqs:
+    """``predicted`` defaults to the true output (nothing reads it under vLLM's policies)."""
+    predicted = max_tokens if predicted is None else predicted
+    bins = np.zeros(len(arrival), dtype=np.int64) if bins is None else bins
+    qi = np.stack([np.asarray(x, dtype=np.int64) for x in (prompt, max_tokens, priority, order, replica,
+                                                           predicted, bins)],
+                  axis=1) if len(arrival) else np.zeros((0, 7), dtype=np.int64)
     return Reqs(qi=np.ascontiguousarray(qi), arrival=np.ascontiguousarray(arrival, dtype=np.float64),
                 hash_off=np.ascontiguousarray(hash_off, dtype=np.int64),
                 hash_val=np.ascontiguousarray(hash_val, dtype=np.int64))
@@ -133,21 +152,28 @@ def new_rstate(n: int) -> RState:
 
 
 def scratch_layout(max_seqs: int, block_size: int) -> tuple[int, int, int, int]:
-    """Offsets in ``Sched.scratch``: skipped ids, fast-forward phases, order, bucket starts."""
+    """Offsets in ``Sched.scratch``: skipped ids, fast-forward phases, order, bucket starts
+    (the last 2·LPM_MAX entries are ``waiting_queue.lpm_sort``'s)."""
     S = max_seqs
     return 0, S + 1, 2 * S + 1, 3 * S + 1
 
 
-def new_sched(replica: np.ndarray, num_replicas: int, max_seqs: int, policy: int, block_size: int) -> Sched:
-    """Queues sized for every request a replica can receive (its ring or heap never grows)."""
+def new_sched(replica: np.ndarray, num_replicas: int, max_seqs: int, policy: int, block_size: int,
+              k_bins: int = 1, sla=None) -> Sched:
+    """Queues sized for every request a replica can receive (its ring or heap never grows).
+    Under POLICY_BINS a replica's slice is a header (K heads, K lengths, the round-robin
+    pointer) and K rings of ``WQ_CAP`` each. ``sla``: the controllers' ``batchers.SlaState``
+    (one row per replica), a 1-row dummy when they are off."""
     G, S = num_replicas, max_seqs
     counts = np.bincount(replica, minlength=G).astype(np.int64)
-    if policy == POLICY_FCFS:   # a ring buffer: capacity a power of two
-        cap = np.array([1 << int(max(c, 1)).bit_length() for c in counts], dtype=np.int64)
-    else:
+    if policy == POLICY_PRIORITY:
         cap = np.maximum(counts, 1)
+        size = cap
+    else:                       # ring buffers: capacity a power of two
+        cap = np.array([1 << int(max(c, 1)).bit_length() for c in counts], dtype=np.int64)
+        size = cap * k_bins + 2 * k_bins + 1 if policy == POLICY_BINS else cap
     si = np.zeros((G, N_SI), dtype=np.int64)
-    si[:, WQ_OFF] = np.concatenate(([0], np.cumsum(cap)[:-1]))
+    si[:, WQ_OFF] = np.concatenate(([0], np.cumsum(size)[:-1]))
     si[:, WQ_CAP] = cap
     rep_off = np.concatenate(([0], np.cumsum(counts)))
     si[:, REP_NEXT] = rep_off[:-1]
@@ -155,9 +181,10 @@ def new_sched(replica: np.ndarray, num_replicas: int, max_seqs: int, policy: int
     sf = np.zeros((G, N_SF))
     sf[:, TICK] = np.inf
     return Sched(si=si, sf=sf, run=np.zeros((G, S), dtype=np.int64),
-                 plan=np.zeros((G, 2, 3, S), dtype=np.int64), wq=np.zeros(int(cap.sum()), dtype=np.int64),
+                 plan=np.zeros((G, 2, 3, S), dtype=np.int64), wq=np.zeros(int(size.sum()), dtype=np.int64),
                  rep_reqs=np.argsort(replica, kind="stable").astype(np.int64),
-                 scratch=np.zeros(3 * S + block_size + 2, dtype=np.int64))
+                 scratch=np.zeros(3 * S + block_size + 2 + 2 * LPM_MAX, dtype=np.int64),
+                 ctl=np.zeros((G, N_CTL)), sla=sla)
 
 
 def new_pool(blocks_per_replica: np.ndarray, max_seqs: int, max_blocks: int) -> Pool:

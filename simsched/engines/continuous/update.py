@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 from simsched.engines.continuous.block_pool import cache_blocks, free_row
+from simsched.engines.continuous.controller import note_done
 from simsched.engines.continuous.schedule import log_event
 from simsched.engines.continuous.state import (COMPUTED, EV_FINISHED, FINISHED, IDS, IN_FLIGHT, ITL_BINS, ITL_LO,
                                               ITL_MAX, ITL_PER_OCTAVE, LF_ITL_N, LF_ITL_SUM, MAX_TOKENS, N_OUT,
@@ -85,6 +86,8 @@ def update_from_output(P, Q, R, S, K, L, g, slot, t, step):
                 wq_remove(P, Q, S, g, i)
             ri[i, STATUS] = FINISHED
             n_fin += 1
+            if P.ctl_on:
+                note_done(S, g, n_out)
             if P.record_events:
                 log_event(L, step, EV_FINISHED, i, 0)
     if n_fin > 0:

@@ -5,16 +5,88 @@
 - ``priority`` (``PriorityRequestQueue``): a binary heap ordered by ``Request.__lt__``:
   (priority, arrival time, request id), smaller first. "Prepending" is an ordinary push.
 
-Both live in the replica's slice of ``S.wq`` (a ring buffer for fcfs, a heap for priority),
-sized for every request the replica can ever hold, so nothing is allocated while running.
-A later policy (several queues, shortest-job-first, ...) adds its branch here: the step
-formation only calls ``wq_peek`` / ``wq_pop`` / ``wq_push_back`` / ``wq_push_front`` /
-``wq_remove``.
+The simulator's policies (``policies``, issue 12) add two more:
+
+- bins (``scheduler=multi_bin_*``): K FIFO rings, one per bin of predicted output length
+  (``Q.qi[i, BIN]``). The head of WAITING is the head of the bin chosen by the scheduler's
+  rule (``scheduler.choose_bin``'s meanings: round robin from the bin after the last one
+  admitted from, the longest queue, or the oldest head; ties to the lowest bin). A preempted
+  request goes back to the front of its own bin.
+- lpm (``scheduler=lpm``): the fcfs ring, stably sorted by cached-prefix length, longest
+  first, before each admission pass while it holds at most LPM_MAX requests
+  (``lpm_sort``; SGLang's ``SchedulePolicy`` in
+  ``python/sglang/srt/managers/schedule_policy.py``: ``_compute_prefix_matches`` then
+  ``_sort_by_longest_prefix``, and FCFS above 128 waiting requests).
+
+All live in the replica's slice of ``S.wq`` (rings for fcfs, lpm and bins, a heap for
+priority and sjf), sized for every request the replica can ever hold, so nothing is
+allocated while running. The step formation only calls ``wq_peek`` / ``wq_pop`` /
+``wq_push_back`` / ``wq_push_front`` / ``wq_remove`` (and ``lpm_sort``).
 """
 from __future__ import annotations
 
-from simsched.engines.continuous.state import ORDER, POLICY_FCFS, PRIORITY, WQ_CAP, WQ_HEAD, WQ_LEN, WQ_OFF
+from simsched.engines.continuous.block_pool import find_cache_hit
+from simsched.engines.continuous.state import (BIN, LPM_MAX, ORDER, POLICY_BINS, POLICY_FCFS, POLICY_LPM,
+                                              POLICY_PRIORITY, PRIORITY, WQ_CAP, WQ_HEAD, WQ_LEN, WQ_OFF)
 from simsched.jit import jitable
+
+ROUND_ROBIN, LONGEST_QUEUE = 0, 1     # scheduler.BIN_SELECTIONS indices (2: oldest head)
+
+
+@jitable(inline=True)
+def _ring(P):
+    return P.policy == POLICY_FCFS or P.policy == POLICY_LPM
+
+
+@jitable
+def _bin_choose(P, Q, S, g):
+    """The bin whose head is WAITING's head (-1: all empty). Header of the replica's slice:
+    K heads, K lengths, the round-robin pointer; then the K rings."""
+    off = S.si[g, WQ_OFF]
+    K = P.k_bins
+    if P.bin_rule == ROUND_ROBIN:
+        rr = S.wq[off + 2 * K]
+        for j in range(K):
+            k = (rr + j) % K
+            if S.wq[off + K + k] > 0:
+                return k
+        return -1
+    best = -1
+    best_key = 0
+    cap = S.si[g, WQ_CAP]
+    for k in range(K):
+        n = S.wq[off + K + k]
+        if n > 0:
+            if P.bin_rule == LONGEST_QUEUE:
+                key = -n
+            else:
+                key = Q.qi[S.wq[off + 2 * K + 1 + k * cap + S.wq[off + k]], ORDER]
+            if best < 0 or key < best_key:
+                best = k
+                best_key = key
+    return best
+
+
+@jitable(inline=True)
+def _bin_slot(S, g, K, k, pos):
+    """Index in S.wq of position ``pos`` (0 = head) of bin k's ring."""
+    off = S.si[g, WQ_OFF]
+    cap = S.si[g, WQ_CAP]
+    return off + 2 * K + 1 + k * cap + ((S.wq[off + k] + pos) & (cap - 1))
+
+
+@jitable
+def _bin_push(P, Q, S, g, i, front):
+    K = P.k_bins
+    off = S.si[g, WQ_OFF]
+    k = Q.qi[i, BIN]
+    if front:
+        S.wq[off + k] = (S.wq[off + k] - 1) & (S.si[g, WQ_CAP] - 1)
+        S.wq[_bin_slot(S, g, K, k, 0)] = i
+    else:
+        S.wq[_bin_slot(S, g, K, k, S.wq[off + K + k])] = i
+    S.wq[off + K + k] += 1
+    S.si[g, WQ_LEN] += 1
 
 
 @jitable(inline=True)
@@ -65,7 +137,9 @@ def _sift_down(Q, S, g, pos):
 def wq_push_back(P, Q, S, g, i):
     off = S.si[g, WQ_OFF]
     n = S.si[g, WQ_LEN]
-    if P.policy == POLICY_FCFS:
+    if P.policy == POLICY_BINS:
+        _bin_push(P, Q, S, g, i, False)
+    elif _ring(P):
         S.wq[off + ((S.si[g, WQ_HEAD] + n) & (S.si[g, WQ_CAP] - 1))] = i
         S.si[g, WQ_LEN] = n + 1
     else:
@@ -76,7 +150,9 @@ def wq_push_back(P, Q, S, g, i):
 
 @jitable
 def wq_push_front(P, Q, S, g, i):
-    if P.policy == POLICY_FCFS:
+    if P.policy == POLICY_BINS:
+        _bin_push(P, Q, S, g, i, True)
+    elif _ring(P):
         h = (S.si[g, WQ_HEAD] - 1) & (S.si[g, WQ_CAP] - 1)
         S.si[g, WQ_HEAD] = h
         S.wq[S.si[g, WQ_OFF] + h] = i
@@ -86,16 +162,27 @@ def wq_push_front(P, Q, S, g, i):
 
 
 @jitable(inline=True)
-def wq_peek(P, S, g):
-    if P.policy == POLICY_FCFS:
+def wq_peek(P, Q, S, g):
+    if _ring(P):
         return S.wq[S.si[g, WQ_OFF] + S.si[g, WQ_HEAD]]
+    if P.policy == POLICY_BINS:
+        return S.wq[_bin_slot(S, g, P.k_bins, _bin_choose(P, Q, S, g), 0)]
     return S.wq[S.si[g, WQ_OFF]]
 
 
 @jitable
 def wq_pop(P, Q, S, g):
     off = S.si[g, WQ_OFF]
-    if P.policy == POLICY_FCFS:
+    if P.policy == POLICY_BINS:
+        K = P.k_bins
+        k = _bin_choose(P, Q, S, g)
+        i = S.wq[_bin_slot(S, g, K, k, 0)]
+        S.wq[off + k] = (S.wq[off + k] + 1) & (S.si[g, WQ_CAP] - 1)
+        S.wq[off + K + k] -= 1
+        S.wq[off + 2 * K] = (k + 1) % K
+        S.si[g, WQ_LEN] -= 1
+        return i
+    if _ring(P):
         h = S.si[g, WQ_HEAD]
         i = S.wq[off + h]
         S.si[g, WQ_HEAD] = (h + 1) & (S.si[g, WQ_CAP] - 1)
@@ -116,7 +203,19 @@ def wq_remove(P, Q, S, g, i):
     preempted request)."""
     n = S.si[g, WQ_LEN]
     off = S.si[g, WQ_OFF]
-    if P.policy == POLICY_FCFS:
+    if P.policy == POLICY_BINS:
+        K = P.k_bins
+        k = Q.qi[i, BIN]
+        nb = S.wq[off + K + k]
+        j = 0
+        while j < nb and S.wq[_bin_slot(S, g, K, k, j)] != i:
+            j += 1
+        for m in range(j, nb - 1):
+            S.wq[_bin_slot(S, g, K, k, m)] = S.wq[_bin_slot(S, g, K, k, m + 1)]
+        S.wq[off + K + k] = nb - 1
+        S.si[g, WQ_LEN] = n - 1
+        return
+    if _ring(P):
         mask = S.si[g, WQ_CAP] - 1
         h = S.si[g, WQ_HEAD]
         k = 0
@@ -134,3 +233,32 @@ def wq_remove(P, Q, S, g, i):
         S.wq[off + k] = S.wq[off + n - 1]
         _sift_down(Q, S, g, k)
         _sift_up(Q, S, g, k)
+
+
+@jitable
+def lpm_sort(P, Q, R, S, K, g):
+    """SGLang's longest-prefix-match order (``SchedulePolicy.calc_priority`` with policy
+    "lpm": ``_compute_prefix_matches``, then ``_sort_by_longest_prefix``, a stable sort by
+    −len(prefix)): reorder replica g's WAITING ring by cached prefix blocks, longest first,
+    ties in queue order. Above LPM_MAX waiting requests SGLang falls back to FCFS, and so does
+    this. Stable insertion sort in ``S.scratch``'s last 2·LPM_MAX entries."""
+    n = S.si[g, WQ_LEN]
+    if n < 2 or n > LPM_MAX:
+        return
+    off = S.si[g, WQ_OFF]
+    mask = S.si[g, WQ_CAP] - 1
+    h = S.si[g, WQ_HEAD]
+    ids = len(S.scratch) - 2 * LPM_MAX
+    keys = ids + LPM_MAX
+    for k in range(n):
+        i = S.wq[off + ((h + k) & mask)]
+        n_hit, _ = find_cache_hit(P, Q, R, K, g, i)
+        j = k
+        while j > 0 and S.scratch[keys + j - 1] < n_hit:
+            S.scratch[ids + j] = S.scratch[ids + j - 1]
+            S.scratch[keys + j] = S.scratch[keys + j - 1]
+            j -= 1
+        S.scratch[ids + j] = i
+        S.scratch[keys + j] = n_hit
+    for k in range(n):
+        S.wq[off + ((h + k) & mask)] = S.scratch[ids + k]
