@@ -32,7 +32,9 @@ def needs_user_value(group: str, option: str) -> bool:
 
 
 # Options that read another group's values (gpus=roofline takes its KV capacity from the roofline).
-COMPANIONS = {("gpus", "roofline"): ["latency_model=roofline"], ("scheduler", "vllm"): ["engine=continuous"]}
+CONTINUOUS_ONLY = ("vllm", "sjf", "priority", "lpm")
+COMPANIONS = {("gpus", "roofline"): ["latency_model=roofline"],
+              **{("scheduler", s): ["engine=continuous"] for s in CONTINUOUS_ONLY}}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)

@@ -49,7 +49,7 @@ def test_static_fifo_is_fcfs_with_its_batch_size_as_max_num_seqs():
 
 
 @pytest.mark.parametrize("overrides,key", [
-    (["scheduler=multi_bin_dynamic"], "scheduler"),
+    (["scheduler=static_fifo", "engine.policy=priority"], "engine.policy"),
     (["latency_model=synthetic"], "latency_model"),
     (["engine.max_num_seqs=0"], "engine.max_num_seqs"),
     (["engine.policy=lifo"], "engine.policy"),
