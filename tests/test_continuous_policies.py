@@ -13,7 +13,7 @@ from simsched.engines.continuous.simulate import usable_kv_tokens
 from simsched.engines.continuous.state import POLICY_BINS
 from simsched.errors import ConfigError
 from simsched.latency import StepTime
-from simsched.predictor import Oracle
+from simsched.predictor import Noisy, Oracle
 from simsched.run import build_components, simulate_config
 from simsched.scheduler import QueuePolicy, Scheduler
 from simsched.workloads.requests import RequestTable
@@ -189,11 +189,15 @@ def test_lpm_admits_the_request_with_a_cached_prefix_first():
     assert lpm.prefix_hit_tokens[2] == 48
 
 
-@pytest.mark.parametrize("name", ["multi_bin_dynamic", "sjf"])
-def test_same_seed_same_results(name):
-    a = simulate_config(cfg_with(f"scheduler={name}", "predictor=noisy", "seed=5"))[0]
-    b = simulate_config(cfg_with(f"scheduler={name}", "predictor=noisy", "seed=5"))[0]
-    c = simulate_config(cfg_with(f"scheduler={name}", "predictor=noisy", "seed=6"))[0]
+@pytest.mark.parametrize("scheduler", [
+    Scheduler(batcher=DynamicBatcher(b_max=16), k_bins=4, bin_selection="longest_queue"),
+    QueuePolicy(order="sjf")], ids=["multi_bin_dynamic", "sjf"])
+def test_same_seed_same_results(scheduler):
+    """Under load (queues form, so the noisy predictions decide the order): the same seed gives
+    the same run, another seed another one."""
+    reqs = poisson(600, 40.0, np.random.default_rng(7).integers(10, 400, 600))
+    engine = ContinuousEngine(async_scheduling=True, max_model_len=8192, max_num_seqs=16)
+    a, b, c = (run(reqs, scheduler, predictor=Noisy(sigma=0.8), engine=engine, seed=s) for s in (5, 5, 6))
     for col in COLUMNS:
         np.testing.assert_array_equal(getattr(a, col), getattr(b, col), err_msg=col)
     assert not np.array_equal(a.finish, c.finish)
