@@ -51,7 +51,7 @@ def test_bad_arguments_exit_2_with_one_line(args, key, capsys):
 
 
 def test_cli_entry_point_reports_bad_arguments_without_traceback():
-    proc = subprocess.run([sys.executable, "-m", "simsched.validate", "--checks", "8"],
+    proc = subprocess.run([sys.executable, "-m", "simsched.validate", "--checks", "9"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: --checks: unknown check 8; allowed: 1-7"
+    assert proc.stderr.strip() == "error: --checks: unknown check 9; allowed: 1-8"

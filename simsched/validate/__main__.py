@@ -25,6 +25,7 @@ CHECKS = {
     5: "sla_capacity",
     6: "seed_table",
     7: "continuous",
+    8: "pang_continuous",
 }
 
 
@@ -41,7 +42,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="reduced sizes and replications (a smoke run)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: outputs/validate/DATE/TIME, like a Hydra run folder)")
-    p.add_argument("--checks", default="1,2,3,4,5,6,7", help="comma-separated check numbers (default: all)")
+    p.add_argument("--c8-curves", action="store_true",
+                   help="check 8: also the capacity curves over alpha, delta, eps_D and the window (heavy)")
+    p.add_argument("--checks", default="1,2,3,4,5,6,7,8", help="comma-separated check numbers (default: all)")
     p.add_argument("--reps", type=int, default=None, help="replications per point (default 5, quick 3)")
     p.add_argument("--seed", type=int, default=0, help="suite seed (default 0)")
     p.add_argument("--tracking-uri", default=None,
@@ -55,7 +58,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         p.error(f"--checks: expected numbers like 1,2,5 (got {args.checks!r})")
     bad = [c for c in args.check_ids if c not in CHECKS]
     if bad or not args.check_ids:
-        p.error(f"--checks: unknown check {bad[0] if bad else args.checks!r}; allowed: 1-7")
+        p.error(f"--checks: unknown check {bad[0] if bad else args.checks!r}; allowed: 1-8")
     if args.reps is not None and args.reps < 2:
         p.error(f"--reps: needs at least 2 replications for a confidence interval (got {args.reps})")
     return args
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     now = dt.datetime.now()
     out = args.out or Path("outputs") / "validate" / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S-%f")
     out.mkdir(parents=True, exist_ok=True)
-    settings = Settings(quick=args.quick, reps=args.reps, seed=args.seed)
+    settings = Settings(quick=args.quick, reps=args.reps, seed=args.seed, extended=args.c8_curves)
     from tqdm import tqdm
 
     t0 = time.perf_counter()

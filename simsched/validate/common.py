@@ -25,6 +25,7 @@ class Settings:
     quick: bool = False
     reps: int | None = None     # replications per point (None: 5, or 3 when quick)
     seed: int = 0
+    extended: bool = False      # check 8's curves over α, δ, ε_D and the window (--c8-curves)
 
     @property
     def replications(self) -> int:
