@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from simsched.config import build
+from simsched.config import build, check_settings
 from simsched.engines.run_to_completion import SimResult, simulate
 from simsched.metrics import Sla, Window, compute_metrics
 from simsched.outputs import format_table, plot_latency_cdf, write_metrics, write_tables
@@ -29,13 +29,18 @@ class Components:
     gpus: Any
     sla: Sla
     window: Window
+    tracker: Any = None
 
 
 def build_components(cfg: DictConfig) -> Components:
-    """Instantiate every group; a bad value raises ConfigError naming its dotted key."""
+    """Check every key and instantiate every group, the tracker included, so that any mistake
+    in the config is a ConfigError naming its dotted key before the run starts."""
     from simsched.errors import ConfigError
 
+    check_settings(cfg)
     parts = {g: build(cfg[g], g) for g in ("scheduler", "workload", "latency_model", "predictor", "gpus")}
+    tracking = cfg.get("tracking")
+    parts["tracker"] = build(tracking, "tracking") if tracking is not None else None
     try:
         sla = Sla(**OmegaConf.to_container(cfg.sla))
     except ConfigError as exc:
@@ -120,8 +125,7 @@ def run(cfg: DictConfig, out_dir: Path, *, tags: dict[str, str] | None = None,
     hydra_dir = out_dir / ".hydra"
     if hydra_dir.is_dir():
         files.append(hydra_dir)
-    if cfg.tracking is not None:
-        tracker = build(cfg.tracking, "tracking")
-        tracker.log_run(out_dir, flat_params(cfg), metrics, files, run_tags(cfg) | (tags or {}),
+    if comps.tracker is not None:
+        comps.tracker.log_run(out_dir, flat_params(cfg), metrics, files, run_tags(cfg) | (tags or {}),
                         parent_run_id=parent_run_id)
     return metrics
