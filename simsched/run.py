@@ -14,6 +14,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from simsched.config import build, check_settings
+from simsched.errors import ConfigError
 from simsched.engines.run_to_completion import SimResult, simulate
 from simsched.metrics import Sla, Window, compute_metrics
 from simsched.outputs import format_table, plot_latency_cdf, write_metrics, write_tables
@@ -35,8 +36,6 @@ class Components:
 def build_components(cfg: DictConfig) -> Components:
     """Check every key and instantiate every group, the tracker included, so that any mistake
     in the config is a ConfigError naming its dotted key before the run starts."""
-    from simsched.errors import ConfigError
-
     check_settings(cfg)
     parts = {g: build(cfg[g], g) for g in ("scheduler", "workload", "latency_model", "predictor", "gpus")}
     tracking = cfg.get("tracking")
@@ -60,7 +59,10 @@ def simulate_config(cfg: DictConfig, comps: Components | None = None) -> tuple[S
     wl_seed = getattr(comps.workload, "seed", None)
     wl_rng = np.random.default_rng(wl_seed if wl_seed is not None else workload_ss)
     t0 = time.perf_counter()
-    requests = comps.workload.generate(wl_rng)
+    try:
+        requests = comps.workload.generate(wl_rng)
+    except ConfigError as exc:   # an option whose effect shows only on the data (a trace's rps_scale)
+        raise exc.under("workload") from None
     t1 = time.perf_counter()
     res = simulate(requests, comps.scheduler, comps.latency_model, comps.gpus, comps.predictor,
                    np.random.default_rng(sim_ss), horizon_s=cfg.engine.horizon_s, release=cfg.engine.release)
