@@ -209,7 +209,7 @@ def check_keys(data: Any, path: str) -> None:
             if key == "_target_":
                 continue
             if allowed is not None and key not in allowed:
-                raise ConfigError(f"{path}.{key}", "no such key", allowed=", ".join(allowed))
+                raise ConfigError(f"{path}.{key}", "no such key", allowed=", ".join(allowed) or "(none)")
             check_keys(value, f"{path}.{key}")
 
 

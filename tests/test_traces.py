@@ -311,3 +311,30 @@ def test_blank_lines_are_counted_and_keep_line_numbers(tmp_path):
     bad = bad_file(tmp_path, HEADER6 + "\n0,ChatGPT,10,3,13,API log\n\n2,ChatGPT,,3,14,API log\n")
     with pytest.raises(InputError, match=r"bad\.csv:4 column 'Request tokens': missing value"):
         replay(bad)
+
+
+@pytest.mark.parametrize("schema, body, match", [
+    ("azure", b"2023-11-16 18:17:04.1+00:00,4,1\r\n", r"a\.csv:3 column 'TIMESTAMP': timestamp has a time zone"),
+    ("azure", b"2023-11-16T18:17:04Z,4,1\r\n", r"a\.csv:3 column 'TIMESTAMP': timestamp has a time zone"),
+    ("azure", b"1500-01-01 00:00:00,4,1\r\n", r"a\.csv:3 column 'TIMESTAMP': timestamp is outside the years 1678-2261"),
+    ("burstgpt", b"1,ChatGPT,99999999999999999999,3,13,API log\n",
+     r"a\.csv:3 column 'Request tokens': token count must be <= 1,000,000,000 \(got 99999999999999999999\)"),
+    ("burstgpt", b"1,ChatGPT,10,9223372036854775800,13,API log\n",
+     r"a\.csv:3 column 'Response tokens': token count must be <= 1,000,000,000"),
+    ("burstgpt", b"1,Chat\xe9GPT,10,3,13,API log\n", r"a\.csv:3 column 'Model': not UTF-8 text \(byte 0xe9"),
+])
+def test_zones_huge_counts_and_latin1_name_file_line_and_column(tmp_path, schema, body, match):
+    head = (b"TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:17:03.9799600,4,1\r\n" if schema == "azure"
+            else (HEADER6 + "\n0,ChatGPT,10,3,13,API log\n").encode())
+    path = tmp_path / "a.csv"
+    path.write_bytes(head + body)
+    cls = AzureTrace if schema == "azure" else BurstGPTTrace
+    with pytest.raises(InputError, match=match):
+        cls(path=str(path), cache_dir=None).generate()
+
+
+def test_latin1_header_names_line_1(tmp_path):
+    path = tmp_path / "h.csv"
+    path.write_bytes(b"Timestamp,Mod\xe8l\n1,2\n")
+    with pytest.raises(InputError, match=r"h\.csv:1: not UTF-8 text"):
+        BurstGPTTrace(path=str(path))

@@ -74,7 +74,7 @@ def check_memory(key: str, n: int, available: int | None = None) -> None:
 
 
 def _bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
+    for unit in ("B", "kB", "MB", "GB", "TB"):
         if n < 1000:
             return f"{n:.3g} {unit}"
         n /= 1000
