@@ -138,8 +138,8 @@ def load_trace(path: str | os.PathLike, schema: TraceSchema | None = None,
 
 
 def _cache_path(path: Path, schema: TraceSchema, cache_dir: str | os.PathLike) -> Path:
-    """The cache file of a trace: named by the SHA-256 of its bytes (0.05 s for a 57 MB file,
-    an eighth of a warm load), so any edit misses, whatever it does to size and mtime."""
+    """The cache file of a trace: named by the SHA-256 of its bytes (about the cost of reading
+    the file once), so any edit misses, whatever it does to size and mtime."""
     try:
         with open(path, "rb") as f:
             content = hashlib.file_digest(f, "sha256").hexdigest()
