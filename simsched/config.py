@@ -121,9 +121,15 @@ class SimschedConfig:
 
 
 def register_configs() -> None:
-    """Register the schemas with Hydra's ConfigStore (idempotent)."""
+    """Register the schemas with Hydra's ConfigStore, and the ``simsched.roofline_kv`` resolver
+    that ``gpus=roofline`` uses (idempotent)."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
+    from simsched.roofline import kv_capacity_resolver
+
+    if not OmegaConf.has_resolver("simsched.roofline_kv"):
+        OmegaConf.register_new_resolver("simsched.roofline_kv", kv_capacity_resolver)
     cs = ConfigStore.instance()
     cs.store(name="simsched_schema", node=SimschedConfig)
     for group, paths in GROUP_COMPONENTS.items():
@@ -168,6 +174,11 @@ def _plain(node: Any, key: str) -> Any:
     try:
         return OmegaConf.to_container(node, resolve=True)
     except OmegaConfBaseException as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, SimschedError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:   # a resolver's own error (simsched.roofline_kv) names its key
+            raise cause from None
         match = _FULL_KEY.search(str(exc))
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(match.group(1) if match else key, first) from None
@@ -218,13 +229,19 @@ def build(node: Any, key: str) -> Any:
     ConfigError comes back with its dotted key."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
-    from omegaconf.errors import MissingMandatoryValue
+    from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
     data = _plain(node, key)
     check_targets(data, key)
     check_keys(data, key)
     try:
         return instantiate(node, _convert_="all")
+    except InterpolationResolutionError as exc:
+        # A resolver's own error (e.g. simsched.roofline_kv) already names its key.
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, SimschedError):
+            raise cause from None
+        raise
     except MissingMandatoryValue as exc:
         match = _FULL_KEY.search(str(exc))
         raise ConfigError(match.group(1) if match else key, "is required (no value given)") from None
