@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from simsched.config import build
+from simsched.config import build, check_settings
 from simsched.engines.continuous import ContinuousEngine, simulate_continuous
 from simsched.engines.continuous.simulate import prepare as prepare_continuous
 from simsched.engines.run_to_completion import SimResult, simulate
@@ -36,12 +36,17 @@ class Components:
     gpus: Any
     sla: Sla
     window: Window
+    tracker: Any = None
 
 
 def build_components(cfg: DictConfig) -> Components:
-    """Instantiate every group; a bad value, or groups that do not go together (a scheduler
-    or latency model the engine cannot run), raises ConfigError naming its dotted key."""
+    """Check every key and instantiate every group, the tracker included, so that any mistake
+    in the config (a bad value, or groups that do not go together: a scheduler or latency model
+    the engine cannot run) is a ConfigError naming its dotted key before the run starts."""
+    check_settings(cfg)
     parts = {g: build(cfg[g], g) for g in ("engine", "scheduler", "workload", "latency_model", "predictor", "gpus")}
+    tracking = cfg.get("tracking")
+    parts["tracker"] = build(tracking, "tracking") if tracking is not None else None
     try:
         sla = Sla(**OmegaConf.to_container(cfg.sla))
     except ConfigError as exc:
@@ -72,7 +77,10 @@ def simulate_config(cfg: DictConfig, comps: Components | None = None) -> tuple[A
     wl_seed = getattr(comps.workload, "seed", None)
     wl_rng = np.random.default_rng(wl_seed if wl_seed is not None else workload_ss)
     t0 = time.perf_counter()
-    requests = comps.workload.generate(wl_rng)
+    try:
+        requests = comps.workload.generate(wl_rng)
+    except ConfigError as exc:   # an option whose effect shows only on the data (a trace's rps_scale)
+        raise exc.under("workload") from None
     t1 = time.perf_counter()
     if is_continuous(comps):
         step, hardware, cap = prepare_continuous(comps.engine, comps.scheduler, comps.latency_model, comps.gpus)
@@ -150,8 +158,7 @@ def run(cfg: DictConfig, out_dir: Path, *, tags: dict[str, str] | None = None,
     hydra_dir = out_dir / ".hydra"
     if hydra_dir.is_dir():
         files.append(hydra_dir)
-    if cfg.tracking is not None:
-        tracker = build(cfg.tracking, "tracking")
-        tracker.log_run(out_dir, flat_params(cfg), metrics, files, run_tags(cfg) | (tags or {}),
+    if comps.tracker is not None:
+        comps.tracker.log_run(out_dir, flat_params(cfg), metrics, files, run_tags(cfg) | (tags or {}),
                         parent_run_id=parent_run_id)
     return metrics

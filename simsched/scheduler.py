@@ -10,11 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from simsched.errors import ConfigError, check_choice, check_positive
+from simsched.errors import ConfigError, check_choice, check_positive, check_range
 from simsched.jit import jitable
 
 BIN_SELECTIONS = ("round_robin", "longest_queue", "oldest_first")
 ROUND_ROBIN, LONGEST_QUEUE, OLDEST_FIRST = 0, 1, 2   # index in BIN_SELECTIONS
+# The engine does O(K) work per batch and keeps eight arrays per bin.
+MAX_BINS = 4096
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Scheduler:
 
     def __post_init__(self) -> None:
         check_positive("k_bins", self.k_bins, integer=True)
+        check_range("k_bins", self.k_bins, 1, MAX_BINS, "the engine does O(K) work per batch")
         check_choice("bin_selection", self.bin_selection, BIN_SELECTIONS)
         check_positive("warmup_requests", self.warmup_requests, integer=True)
         if self.boundaries is not None:

@@ -18,7 +18,6 @@ from simsched.scheduler import Scheduler  # noqa: E402
 from simsched.workloads import RequestTable  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def run_sim(req, scheduler=None, latency=None, gpus=None, predictor=None, seed=0, **kw):

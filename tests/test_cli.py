@@ -105,3 +105,17 @@ def test_unreachable_tracking_server_warns_and_keeps_results(tmp_path):
     assert proc.returncode == 0
     assert "MLflow tracking skipped" in proc.stderr + proc.stdout
     assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_help_is_the_applications_own(tmp_path):
+    proc = cli(tmp_path, "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert "schema/" not in text and "powered by Hydra" not in text
+    for group in ("scheduler", "workload", "latency_model", "predictor", "gpus", "tracking", "sweep",
+                  "hydra/launcher"):
+        assert f"\n  {group} " in text, group
+    assert "multi_bin_dynamic (default)" in text and "static_fifo" in text and "compare" in text
+    examples = [line for line in text.split("== Examples ==")[1].split("==")[0].splitlines() if "python -m" in line]
+    assert len(examples) == 5
+    assert "outputs/DATE/TIME/" in text and "multirun/" in text and "mlflow.db" in text

@@ -20,14 +20,17 @@ def _is_sweep(argv: list[str]) -> bool:
 def main(argv: list[str] | None = None) -> None:
     import hydra
 
-    from simsched.app.cli import precheck
+    from simsched.app.cli import check_command_line, precheck
+    from simsched.app.help import register_help_resolver
     from simsched.app.paths import config_dir
     from simsched.app.sweep import register_sweeps, task
     from simsched.config import register_configs
 
     argv = sys.argv[1:] if argv is None else argv
+    check_command_line(argv)
     register_configs()
     register_sweeps()
+    register_help_resolver()
     conf = config_dir()
     sys.argv = [sys.argv[0]] + argv
     app = hydra.main(config_path=conf, config_name="config", version_base="1.3")

@@ -33,6 +33,10 @@ KEY_METRICS = ["throughput_rps", "goodput_rps", "latency_mean_s", "latency_p99_s
                "gpu_utilization", "slot_efficiency", "offered_load", "mean_batch_size"]
 BASELINE_ORDER = ["static_fifo", "dynamic_no_bins", "multi_bin_static", "multi_bin_dynamic"]
 TARGETS = (0.01, 0.05)
+PERCENT = ("sla_violation_rate", "gpu_utilization", "slot_efficiency")
+# Fewest replications for a 95% CI: with 2 the Student-t factor is 12.7 and the interval says
+# nothing (a violation rate of "23.0% ± 178.6%"); tables and plots show the range instead.
+MIN_CI_N = 3
 
 
 # --- the table ---------------------------------------------------------------------------------
@@ -131,6 +135,11 @@ def from_mlflow(experiment: str, uri: str | None = None, parent: str | None = No
                 raise ConfigError("--experiment", "holds no sweep (parent) run; use --all for single runs",
                                   experiment)
             parent = max(parents, key=lambda r: r.info.start_time).info.run_id
+            print(f"sweep: {_describe_parent(parents, parent)}, " + (
+                f"the latest of {len(parents)} in experiment {experiment!r}; --parent RUN_ID picks another"
+                if len(parents) > 1 else f"the only one in experiment {experiment!r}"))
+        else:
+            print(f"sweep: {_describe_parent(parents, parent)}")
         chosen = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
     rows = []
     for r in chosen:
@@ -150,7 +159,14 @@ def from_mlflow(experiment: str, uri: str | None = None, parent: str | None = No
                 row[f"override.{key}"] = value
         row.update(r.data.metrics)
         rows.append(row)
-    table = pd.DataFrame(rows).sort_values("job").reset_index(drop=True) if rows else collect(Path("/nonexistent"))
+    if not rows:
+        table = collect(Path("/nonexistent"))
+    elif all_runs:   # runs of several sweeps and single runs: by factor, then seed, then run id
+        table = pd.DataFrame(rows)
+        keys = [c for c in FACTORS + ["seed", "run_id"] if c in table.columns]
+        table = table.sort_values(keys, na_position="last", kind="stable").reset_index(drop=True)
+    else:
+        table = pd.DataFrame(rows).sort_values("job", kind="stable").reset_index(drop=True)
 
     def requests_of(row: pd.Series) -> Path | None:
         try:
@@ -162,6 +178,17 @@ def from_mlflow(experiment: str, uri: str | None = None, parent: str | None = No
             return None
 
     return table, requests_of
+
+
+def _describe_parent(parents: list[Any], run_id: str) -> str:
+    """``'compare 2025-01-01_12-00-00' (run abc…, started 2025-01-01 12:00:00 UTC)``."""
+    import datetime as dt
+
+    run = next((r for r in parents if r.info.run_id == run_id), None)
+    if run is None:
+        return f"run {run_id}"
+    started = dt.datetime.fromtimestamp(run.info.start_time / 1000, dt.timezone.utc)
+    return f"{run.info.run_name!r} (run {run_id}, started {started:%Y-%m-%d %H:%M:%S} UTC)"
 
 
 def _search_all(client: Any, exp_id: str, filter_string: str) -> list[Any]:
@@ -200,7 +227,8 @@ def ci95(values: Iterable[float]) -> float:
 
 
 def aggregate(table: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
-    """Mean and 95% CI half-width (Student t over seeds) per combination of varying factors."""
+    """Mean, 95% CI half-width (Student t over seeds), minimum and maximum per combination of
+    varying factors."""
     ok = table[table["status"] == "ok"]
     metrics = [m for m in (metrics or KEY_METRICS) if m in ok.columns]
     by = varying_factors(table)
@@ -216,31 +244,62 @@ def aggregate(table: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataF
             vals = pd.to_numeric(g[m], errors="coerce")
             row[m] = float(vals.mean())
             row[f"{m}_ci95"] = ci95(vals)
+            row[f"{m}_min"] = float(vals.min())
+            row[f"{m}_max"] = float(vals.max())
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def format_summary(agg: pd.DataFrame, metrics: list[str] | None = None) -> str:
-    """The aggregate as text: ``mean ± ci95`` per metric."""
+    """The aggregate as text: ``mean ± ci95`` per metric, or ``mean (min–max)`` where fewer than
+    ``MIN_CI_N`` seeds make a CI meaningless; each column with one number of decimals."""
     if agg.empty:
         return "(no completed jobs)"
     metrics = [m for m in (metrics or ["throughput_rps", "latency_p99_s", "sla_violation_rate",
                                        "gpu_utilization", "slot_efficiency"]) if m in agg.columns]
     factors = varying_factors_of_agg(agg) + ["n"]
     out = agg[factors].copy()
+    n = agg["n"] if "n" in agg else pd.Series(1, index=agg.index)
     for m in metrics:
-        ci = agg[f"{m}_ci95"]
-        pct = m in ("sla_violation_rate", "gpu_utilization", "slot_efficiency")
-        out[m] = [_pm(v, c, pct) for v, c in zip(agg[m], ci)]
+        pct = m in PERCENT
+        scale = 100.0 if pct else 1.0
+        places = 1 if pct else decimals(agg[m] * scale)
+        lo, hi = agg.get(f"{m}_min", agg[m]), agg.get(f"{m}_max", agg[m])
+        out[m] = [_cell(v * scale, c * scale, a * scale, b * scale, int(k), places, "%" if pct else "")
+                  for v, c, a, b, k in zip(agg[m], agg[f"{m}_ci95"], lo, hi, n)]
     return out.to_string(index=False)
 
 
-def _pm(v: float, c: float, pct: bool) -> str:
+def decimals(values: pd.Series, digits: int = 3, most: int = 4) -> int:
+    """Decimals that give the column's smallest non-zero magnitude ``digits`` significant
+    digits (at most ``most``): one format per column, so the numbers line up and compare."""
+    v = pd.to_numeric(values, errors="coerce").abs()
+    v = v[(v > 0) & np.isfinite(v)]
+    if v.empty:
+        return 0
+    return int(min(most, max(0, digits - 1 - math.floor(math.log10(float(v.min()))))))
+
+
+def _cell(v: float, c: float, lo: float, hi: float, n: int, places: int, unit: str) -> str:
     if v != v:
         return "n/a"
-    if pct:
-        return f"{v:.1%}" + (f" ± {c:.1%}" if c == c else "")
-    return f"{v:.3g}" + (f" ± {c:.2g}" if c == c else "")
+    f = f"{{:.{places}f}}{unit}".format
+    if n < 2:
+        return f(v)
+    if n < MIN_CI_N or c != c:
+        return f"{f(v)} ({f(lo)}–{f(hi)})"
+    return f"{f(v)} ± {f(c)}"
+
+
+def small_n_note(agg: pd.DataFrame) -> str | None:
+    """A warning when some combination has too few seeds for a CI (None when all have enough)."""
+    if agg.empty or "n" not in agg:
+        return None
+    few = agg[(agg["n"] >= 2) & (agg["n"] < MIN_CI_N)]
+    if few.empty:
+        return None
+    return (f"note: {len(few)} of {len(agg)} combination(s) have fewer than {MIN_CI_N} seeds: shown as "
+            f"mean (min–max), not a 95% CI, which needs at least {MIN_CI_N} (add seeds, e.g. +sweep=seeds)")
 
 
 # --- capacity from a λ grid --------------------------------------------------------------------
@@ -338,6 +397,10 @@ def _line_panel(ax: Any, agg: pd.DataFrame, x: str, y: str, series: list[str], l
         else:
             mean, ci = g[y].to_numpy(float), err.fillna(0).to_numpy(float)
             err = [np.minimum(ci, np.maximum(mean, 0)), np.minimum(ci, 1 - mean) if share else ci]
+            few = (g["n"] < MIN_CI_N).to_numpy() if "n" in g else np.zeros(len(g), bool)
+            if few.any() and f"{y}_min" in g:   # too few seeds for a CI: the bars are the range
+                err[0] = np.where(few, mean - g[f"{y}_min"].to_numpy(float), err[0])
+                err[1] = np.where(few, g[f"{y}_max"].to_numpy(float) - mean, err[1])
         ax.errorbar(g[x].to_numpy(float), g[y].to_numpy(float), yerr=err, marker="o", capsize=3,
                     label=_series_label(g.iloc[0], series))
     if logx:
@@ -370,7 +433,8 @@ def _figure(panels: list[tuple[str, str]], agg: pd.DataFrame, x: str, path: Path
     if len(labels) > 1:
         axes[0][-1].legend(handles, labels, fontsize=7, loc="best")
     n = int(agg["n"].max()) if "n" in agg and len(agg) else 1
-    fig.suptitle(title + (f" (mean ± 95% CI over {n} seeds)" if n > 1 else ""), fontsize=10)
+    bars = "95% CI" if int(agg["n"].min()) >= MIN_CI_N else "range"
+    fig.suptitle(title + (f" (mean, bars: {bars} over {n} seeds)" if n > 1 else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -419,13 +483,15 @@ def latency_cdfs(table: pd.DataFrame, path: Path, requests_of: Callable[[pd.Seri
             if not lat:
                 continue
             x = np.sort(np.concatenate(lat))
+            x = x[x > 0]   # the log axis; a latency is never 0 (every request has a service time)
             if len(x) > max_points:
                 x = x[np.linspace(0, len(x) - 1, max_points).round().astype(int)]
             ax.plot(x, np.linspace(0, 1, len(x), endpoint=True) if len(x) > 1 else [1.0],
                     label=_series_label(g.iloc[0], others or ["scheduler"]))
             drew = True
         ax.set_title(", ".join(map(str, names)) if others else "latency CDF per scheduler", fontsize=10)
-        ax.set_xlabel("end-to-end latency (s)")
+        ax.set_xscale("log")   # tails of ~1,000 s beside medians of ~10 s: a linear axis hides the fast ones
+        ax.set_xlabel("end-to-end latency (s, log scale)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("fraction of completed requests")
@@ -498,6 +564,9 @@ def write_report(table: pd.DataFrame, table_dir: Path, plot_root: Path, *, print
         for _, row in failed.iterrows():
             print(f"  job {row['job']}: {row['status']} {row['error']}")
         print(format_summary(agg))
+        note = small_n_note(agg)
+        if note:
+            print(note, file=sys.stderr)
         for line in capacity_gains(caps, baseline):
             print(line)
         print(f"tables in {table_dir}" + (f", plots in {plots}" if written else ""))

@@ -99,6 +99,10 @@ def task(cfg: DictConfig) -> float | None:
         except SimschedError as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(exc.exit_code) from None
+        except MemoryError:
+            print("error: out of memory; lower workload.num_requests (a run needs ~250 B per request)",
+                  file=sys.stderr)
+            raise SystemExit(2) from None
     sweep_dir = Path(str(hc.sweep.dir))
     if not sweep_dir.is_absolute():
         sweep_dir = Path(hc.runtime.cwd) / sweep_dir
