@@ -2,7 +2,8 @@
 
 It watches the sweep folder rather than hooking the jobs, so it works the same for every
 launcher whose jobs write to that folder (basic, joblib, a local Ray instance, SLURM on a shared
-file system). A job counts as done once its ``metrics.json`` or ``error.json`` exists.
+file system). A job counts as done once its ``done.json`` (written last by a complete run) or
+its ``error.json`` exists.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 def jobs_done(sweep_dir: Path) -> tuple[int, int]:
     """(finished jobs, failed jobs) under a sweep folder."""
-    ok = {p.parent for p in sweep_dir.rglob("metrics.json")}
+    ok = {p.parent for p in sweep_dir.rglob("done.json")}
     failed = {p.parent for p in sweep_dir.rglob("error.json")}
     return len(ok | failed), len(failed)
 

@@ -2,9 +2,11 @@
 ``sweeps/`` with ``+sweep=NAME``), configured by Hydra.
 
 User errors (unknown option or key, a bad value) print one line and exit with code 2. A sweep
-is checked before any job starts (every value of every swept key). A single run is not composed
-an extra time: Hydra composes it, and only if that fails before the job starts is the command
-line diagnosed again, to turn Hydra's multi-line report into one line.
+is checked before any job starts (every value of every swept key). A single run is composed
+once: ``hydra.main`` composes a config twice (once only to learn whether it is a multirun), so a
+plain single run (no flags, no sweep) goes straight to Hydra's run; only if that fails before
+the job starts is the command line diagnosed again, to turn Hydra's multi-line report into one
+line. Ctrl-C (or SIGTERM during a sweep) ends with one line and exit code 130.
 """
 from __future__ import annotations
 
@@ -14,10 +16,36 @@ import sys
 
 
 def _is_sweep(argv: list[str]) -> bool:
-    return any(a in ("-m", "--multirun") or a.lstrip("+").startswith("sweep=") for a in argv)
+    return any(a in ("-m", "--multirun") or a.lstrip("+").startswith("sweep=") or a.startswith("hydra.mode=")
+               for a in argv)
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _single_run(conf: str, task, overrides: list[str]) -> None:
+    """``hydra.main``'s path for a plain run, minus its first composition (``Hydra.get_mode``,
+    which composes the whole config only to read ``hydra.mode``: a run without ``-m``, a named
+    sweep or ``hydra.mode`` is a single run). Hydra 1.3.8 is pinned: these are its own steps."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_automatic_config_search_path, run_and_report
+    from hydra.core.global_hydra import GlobalHydra
+
+    search_path = create_automatic_config_search_path(None, None, conf)
+    hydra = run_and_report(lambda: Hydra.create_main_hydra2(task_name="simsched", config_search_path=search_path))
+    try:
+        run_and_report(lambda: hydra.run(config_name="config", task_function=task,
+                                         overrides=list(overrides) + ["hydra.mode=RUN"]))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _main(argv: list[str] | None = None) -> None:
     import hydra
 
     from simsched.app.cli import precheck
@@ -52,9 +80,13 @@ def main(argv: list[str] | None = None) -> None:
             release()
         return task(cfg)
 
+    plain = not any(a.startswith("-") for a in argv)
     try:
         with contextlib.redirect_stderr(held):
-            app(job)()
+            if plain:
+                _single_run(conf, job, argv)
+            else:
+                app(job)()
     except SystemExit as exc:
         if not started and exc.code not in (0, None):
             sys.stderr = real_stderr
