@@ -161,7 +161,10 @@ def _file_store_path(uri: str) -> Path | None:
 
 
 def _writable_folder(folder: Path) -> str | None:
-    """Why files cannot be created in ``folder`` (or in its nearest existing ancestor)."""
+    """Why files cannot be created in ``folder`` (or in its nearest existing ancestor), found by
+    creating one (permission bits do not tell: root, read-only mounts)."""
+    import tempfile
+
     probe = folder
     while not probe.exists():
         if probe.parent == probe:
@@ -169,8 +172,11 @@ def _writable_folder(folder: Path) -> str | None:
         probe = probe.parent
     if not probe.is_dir():
         return f"{probe} is not a folder"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"folder {probe} is not writable"
+    try:
+        with tempfile.TemporaryFile(dir=probe, prefix=".simsched-probe-"):
+            pass
+    except OSError as exc:
+        return f"folder {probe} is not writable ({exc.strerror or exc})"
     return None
 
 
@@ -194,9 +200,7 @@ def preflight(uri: str, *, write: bool = True, timeout_s: float = 3.0) -> str | 
                 return f"{db} is not an sqlite database"
             if write and not os.access(db, os.W_OK):
                 return f"{db} is read-only"
-            if write and not os.access(db.parent, os.W_OK | os.X_OK):
-                return f"folder {db.parent} is not writable (sqlite needs it for its journal)"
-            return None
+            return _writable_folder(db.parent) if write else None   # sqlite writes its journal there
         if not write:
             return f"no MLflow store at {db}"
         return _writable_folder(db.parent)

@@ -13,7 +13,7 @@ always composed in full. ``tests/test_sweep_compose.py`` checks job by job that 
 identical configs.
 
 Launchers receive the wrapped loader through the ``HydraContext`` the sweeper hands them
-(``hydra_plugins/simsched_sweeper``), so Hydra's basic launcher, the joblib launcher's
+(``hydra_plugins/simsched_plugins``), so Hydra's basic launcher, the joblib launcher's
 workers (the loader is pickled with the composed shapes) and Ray all use it.
 """
 from __future__ import annotations
@@ -41,14 +41,12 @@ class CachingConfigLoader(ConfigLoader):
         self.inner = inner
         self._shapes: dict[tuple, DictConfig] = {}
         self._groups: dict[str, frozenset[str]] = {}
+        self._scratch: dict[tuple, DictConfig] = {}
 
     # --- the cached path --------------------------------------------------------------------
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: List[str]) -> DictConfig:
-        hydra_lines = [str(o) for o in OmegaConf.to_container(master_config.hydra.overrides.hydra)]
-        parsed = OverridesParser.create().parse_overrides(hydra_lines + list(sweep_overrides))
-        plain = [self._plain(o) for o in parsed]
-        key = tuple(("value", o.key_or_group) if p else ("shape", o.input_line) for o, p in zip(parsed, plain))
+        parsed, plain, key = self._parse(master_config, sweep_overrides)
         shape = self._shapes.get(key)
         if shape is None:
             cfg = self.inner.load_sweep_config(master_config, list(sweep_overrides))
@@ -65,6 +63,31 @@ class CachingConfigLoader(ConfigLoader):
             overrides=task, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys)
         OmegaConf.copy_cache(from_config=master_config, to_config=cfg)
         return cfg
+
+    def validate(self, master_config: DictConfig, sweep_overrides: List[str]) -> None:
+        """Raise as ``load_sweep_config`` would, without copying a config per job: a new shape is
+        composed (and cached); a job of a known shape has its values applied to one scratch copy
+        of that shape (a plain value's check does not depend on the value it replaces)."""
+        parsed, plain, key = self._parse(master_config, sweep_overrides)
+        if key not in self._shapes:
+            self.load_sweep_config(master_config, sweep_overrides)
+            return
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+        scratch = self._scratch.get(key)
+        if scratch is None:
+            scratch = self._scratch[key] = copy.deepcopy(self._shapes[key])
+        ConfigLoaderImpl._apply_overrides_to_config([o for o, p in zip(parsed, plain) if p], scratch)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_scratch": {}}   # scratch copies stay in this process
+
+    def _parse(self, master_config: DictConfig, sweep_overrides: List[str]) -> tuple[list[Override], list[bool], tuple]:
+        hydra_lines = [str(o) for o in OmegaConf.to_container(master_config.hydra.overrides.hydra)]
+        parsed = OverridesParser.create().parse_overrides(hydra_lines + list(sweep_overrides))
+        plain = [self._plain(o) for o in parsed]
+        key = tuple(("value", o.key_or_group) if p else ("shape", o.input_line) for o, p in zip(parsed, plain))
+        return parsed, plain, key
 
     def _plain(self, o: Override) -> bool:
         """A plain value override: ``a.b=1`` on an existing key, not a config group."""

@@ -518,7 +518,7 @@ def write_plots(table: pd.DataFrame, out_dir: Path,
 
 def write_report(table: pd.DataFrame, table_dir: Path, plot_root: Path, *, print_table: bool = True,
                  requests_of: Callable[[pd.Series], Path | None] | None = None,
-                 baseline: str | None = None) -> list[Path]:
+                 baseline: str | None = None, plots: bool = True) -> list[Path]:
     """``summary.csv`` / ``summary.parquet`` (one row per job), ``summary_mean_ci.csv``,
     ``capacity.csv`` (when λ varies) and ``plots/``; prints the summary."""
     table_dir.mkdir(parents=True, exist_ok=True)
@@ -534,14 +534,14 @@ def write_report(table: pd.DataFrame, table_dir: Path, plot_root: Path, *, print
     if not caps.empty:
         caps.to_csv(table_dir / "capacity.csv", index=False)
         files.append(table_dir / "capacity.csv")
-    plots = plot_root / "plots"
+    plot_dir = plot_root / "plots"
+    written = []
     try:
-        written = write_plots(table, plots, requests_of)
+        written = write_plots(table, plot_dir, requests_of) if plots else []
     except Exception as exc:  # noqa: BLE001 - the tables are written; say why a plot is missing
         print(f"warning: plots not written ({type(exc).__name__}: {exc})", file=sys.stderr)
-        written = []
     if written:
-        files.append(plots)
+        files.append(plot_dir)
     if print_table:
         failed = table[table["status"] != "ok"] if not table.empty else table
         print(f"{len(table)} job(s), {len(failed)} not ok")
@@ -555,7 +555,7 @@ def write_report(table: pd.DataFrame, table_dir: Path, plot_root: Path, *, print
         print(format_summary(agg))
         for line in capacity_gains(caps, baseline):
             print(line)
-        print(f"tables in {table_dir}" + (f", plots in {plots}" if written else ""))
+        print(f"tables in {table_dir}" + (f", plots in {plot_dir}" if written else ""))
     return files
 
 

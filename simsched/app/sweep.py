@@ -5,7 +5,7 @@ How the pieces meet. ``SweepCallback.on_multirun_start`` runs in the launching p
 any job: it claims the sweep folder (``sweep.json``, created exclusively: a folder that holds
 another sweep is refused), creates the tracking store and the parent run, and records in
 ``sweep.json`` what the jobs need (parent run id, absolute tracking URI, experiment, git
-commit, the launching process). The sweeper (``hydra_plugins/simsched_sweeper``) writes the
+commit, the launching process). The sweeper (``hydra_plugins/simsched_plugins``) writes the
 list of jobs (``jobs.json``). Each job (``task``, in whatever process or machine the launcher
 uses) finds ``sweep.json`` above its output folder, writes its folder atomically with
 ``done.json`` last, and logs its run as a child. ``on_multirun_end`` builds the summary from
@@ -99,17 +99,19 @@ class SweepContext:
 def register_sweeps(sweeps_dir: Path | None = None) -> None:
     """Make each ``sweeps/NAME.yaml`` the option ``NAME`` of the config group ``sweep`` (package
     ``_global_``), so ``+sweep=NAME`` selects it, and register simsched's sweeper with Hydra
-    (``hydra/sweeper: simsched``; Hydra's own scan of ``hydra_plugins`` misses it in an
-    editable install). Idempotent."""
+    and launcher (``hydra/sweeper: simsched``, ``hydra/launcher: simsched``; Hydra's own scan of
+    ``hydra_plugins`` misses them in an editable install). Idempotent."""
     from hydra.core.config_store import ConfigStore
     from hydra.core.plugins import Plugins
 
     from simsched.app.paths import sweeps_dir as default_sweeps_dir
 
     plugins = Plugins.instance()   # first: Hydra's scan re-executes the plugin modules it finds
-    from hydra_plugins.simsched_sweeper.simsched_sweeper import SimschedSweeper
+    from hydra_plugins.simsched_plugins.launcher import SimschedLauncher
+    from hydra_plugins.simsched_plugins.sweeper import SimschedSweeper
 
     plugins.register(SimschedSweeper)
+    plugins.register(SimschedLauncher)
     cs = ConfigStore.instance()
     for path in sorted(Path(sweeps_dir or default_sweeps_dir()).glob("*.yaml")):
         cs.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_")
@@ -152,7 +154,7 @@ def task(cfg: DictConfig) -> float | None:
         sweep_dir = Path(hc.runtime.cwd) / sweep_dir
     ctx = SweepContext.find(sweep_dir, out_dir)
     if ctx is not None:
-        _end_with_launcher(ctx.launcher_pid)
+        end_with_launcher(ctx.launcher_pid)
     return run_job(cfg, out_dir, ctx, list(hc.overrides.task), int(hc.job.num))
 
 
@@ -196,7 +198,7 @@ def run_job(cfg: DictConfig, out_dir: Path, ctx: SweepContext | None, overrides:
         return None
 
 
-def _end_with_launcher(pid: int) -> None:
+def end_with_launcher(pid: int) -> None:
     """In a worker process (joblib, Ray on this machine), exit when the process that launched
     the sweep is gone, so that killing a sweep does not leave its workers running. A job cut
     short leaves no ``done.json``: the summary and ``resume`` see it as unfinished."""
@@ -340,6 +342,8 @@ class SweepCallback(Callback):
             print(f"warning: MLflow tracking is off for this sweep ({problem}); the jobs still write their "
                   f"folders; `python -m simsched.track {sweep_dir}` logs them later", file=sys.stderr, flush=True)
         ctx.write()
+        from simsched.app import report  # noqa: F401 - imported now: an interrupted sweep summarises at exit,
+        #                                   when modules that register exit handlers cannot be imported
         monitor = None
         if self.progress:
             from simsched.progress import SweepProgress
@@ -379,8 +383,8 @@ class SweepCallback(Callback):
             from simsched.app import report
 
             table = report.collect(sweep_dir)
-            if self.report:
-                files = report.write_report(table, sweep_dir, sweep_dir, print_table=True)
+            if self.report:   # plots need matplotlib, which cannot be imported during exit
+                files = report.write_report(table, sweep_dir, sweep_dir, print_table=True, plots=status is None)
         except Exception as exc:  # noqa: BLE001 - the job folders are intact; close the parent run
             print(f"warning: sweep summary not written ({type(exc).__name__}: {exc}); "
                   f"`python -m simsched.report {sweep_dir}` rebuilds it", file=sys.stderr)
@@ -452,8 +456,9 @@ class ParentRun:
         try:
             client = open_client(uri)
             if earlier is not None and earlier.parent_run_id and earlier.tracking_uri == uri:
-                retry_locked(lambda: client.update_run(earlier.parent_run_id, status="RUNNING"))
-                return ParentRun(earlier.parent_run_id, uri, tracker.experiment, earlier.repeat), None
+                parent = ParentRun(earlier.parent_run_id, uri, tracker.experiment, earlier.repeat)
+                parent.reopen(client)
+                return parent, None
             return ParentRun.create(client, uri, tracker.experiment, ctx, overrides,
                                      _signature(config, overrides)), None
         except TrackingError as exc:
@@ -487,6 +492,19 @@ class ParentRun:
         params = [Param("sweep.overrides", " ".join(overrides)[:6000]), Param("sweep.jobs", str(ctx.total_jobs))]
         retry_locked(lambda: client.log_batch(run.info.run_id, params=params))
         return ParentRun(run.info.run_id, uri, experiment, len(runs))
+
+    def reopen(self, client: Any) -> None:
+        """Resuming: the parent runs again, and children left RUNNING by the interrupted sweep
+        (killed while logging) are closed as KILLED; the resumed jobs log new ones."""
+        from simsched.tracking import retry_locked
+
+        retry_locked(lambda: client.update_run(self.run_id, status="RUNNING"))
+        run = client.get_run(self.run_id)
+        stale = retry_locked(lambda: client.search_runs(
+            [run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{self.run_id}' and attributes.status = 'RUNNING'",
+            max_results=5000))
+        for child in stale:
+            retry_locked(lambda: client.set_terminated(child.info.run_id, "KILLED"))
 
     def finish(self, table: Any, files: list[Path], status: str | None = None) -> None:
         from simsched.tracking import TrackingError, open_client, retry_locked

@@ -64,6 +64,8 @@ def track_sweep(sweep_dir: Path, quiet: bool = False) -> bool:
                 parent = None
         if parent is None:
             parent = ParentRun.create(client, uri, experiment, ctx, [], None)
+        else:
+            parent.reopen(client)   # children left RUNNING by a killed sweep are closed as KILLED
     except TrackingError as exc:
         print(f"error: {sweep_dir}: MLflow tracking failed ({exc})", file=sys.stderr)
         return False
