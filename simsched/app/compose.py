@@ -42,6 +42,7 @@ class CachingConfigLoader(ConfigLoader):
         self._shapes: dict[tuple, DictConfig] = {}
         self._groups: dict[str, frozenset[str]] = {}
         self._scratch: dict[tuple, DictConfig] = {}
+        self._parsed: dict[tuple, tuple[list[Override], list[bool], tuple]] = {}
 
     # --- the cached path --------------------------------------------------------------------
 
@@ -80,13 +81,20 @@ class CachingConfigLoader(ConfigLoader):
         ConfigLoaderImpl._apply_overrides_to_config([o for o, p in zip(parsed, plain) if p], scratch)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_scratch": {}}   # scratch copies stay in this process
+        return {**self.__dict__, "_scratch": {}, "_parsed": {}}   # scratch copies stay in this process
 
     def _parse(self, master_config: DictConfig, sweep_overrides: List[str]) -> tuple[list[Override], list[bool], tuple]:
+        """The job's overrides parsed (Hydra's parser costs ~10 ms: a job validated, then
+        composed, is parsed once), which of them are plain values, and its shape."""
         hydra_lines = [str(o) for o in OmegaConf.to_container(master_config.hydra.overrides.hydra)]
-        parsed = OverridesParser.create().parse_overrides(hydra_lines + list(sweep_overrides))
+        lines = tuple(hydra_lines + list(sweep_overrides))
+        if lines in self._parsed:
+            return self._parsed.pop(lines)
+        parsed = OverridesParser.create().parse_overrides(list(lines))
         plain = [self._plain(o) for o in parsed]
         key = tuple(("value", o.key_or_group) if p else ("shape", o.input_line) for o, p in zip(parsed, plain))
+        if len(self._parsed) < 100_000:
+            self._parsed[lines] = (parsed, plain, key)
         return parsed, plain, key
 
     def _plain(self, o: Override) -> bool:

@@ -41,7 +41,7 @@ def launch(context: HydraContext, config: DictConfig, task_function: TaskFunctio
     workers = min(len(jobs), (os.cpu_count() or 1) if n_jobs < 1 else n_jobs)
     where = "in this process" if workers <= 1 else f"on {workers} worker processes"
     log.info(f"Launching {len(jobs)} jobs {where}")
-    for idx, overrides in jobs:
+    for idx, overrides in jobs if len(jobs) <= 20 else []:   # a long sweep's list is in jobs.json
         log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
     if workers <= 1:
         return [run_job(context, config, task_function, idx, overrides) for idx, overrides in jobs]

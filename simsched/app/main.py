@@ -60,7 +60,10 @@ def _main(argv: list[str] | None = None) -> None:
     sys.argv = [sys.argv[0]] + argv
     app = hydra.main(config_path=conf, config_name="config", version_base="1.3")
     if _is_sweep(argv):
-        precheck(conf, argv)
+        from simsched.progress import Phase
+
+        with Phase("checking every configuration of the sweep"):
+            precheck(conf, argv)
         app(task)()   # the task itself: launchers pickle it to send it to their workers
         return
     real_stderr = sys.stderr

@@ -66,9 +66,11 @@ def job_row(job_dir: Path, overrides: list[str] | None = None, job: int | str | 
     else:
         check = check_run_dir(job_dir)
         row["status"], row["error"] = check.status, check.detail
+    tracked = False
     if (hydra_dir / "config.yaml").is_file():
         try:
             cfg = OmegaConf.load(hydra_dir / "config.yaml")
+            tracked = cfg.get("tracking") is not None and "uri" in cfg.tracking
             row.update(factors_of(cfg, arrival_rate(cfg)))
         except Exception:  # noqa: BLE001 - e.g. an interpolation only Hydra can resolve
             pass
@@ -78,6 +80,8 @@ def job_row(job_dir: Path, overrides: list[str] | None = None, job: int | str | 
         if key not in COVERED:
             row[f"override.{key}"] = value
     state = load_state(job_dir) if job_dir.is_dir() else None
+    if state is None and tracked and row["status"] == "ok":
+        row["tracking"] = "pending: the job ended before it was logged"
     if state is not None:
         row["tracking"] = {"logged": "logged", "pending": "pending"}.get(
             str(state.get("state")), f"failed: {state.get('error', '')}")

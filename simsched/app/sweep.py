@@ -167,11 +167,7 @@ def run_job(cfg: DictConfig, out_dir: Path, ctx: SweepContext | None, overrides:
 
     parent = ctx.parent_run_id if ctx else None
     if ctx is not None and ctx.resumes and check_run_dir(out_dir).ok:
-        from simsched.tracking_state import load_state, log_folder
-
-        state = load_state(out_dir)
-        if state is not None and state.get("state") != "logged" and not ctx.tracking_error:
-            log_folder(out_dir, parent_run_id=parent)
+        log_kept_job(cfg, out_dir, ctx, overrides, num)
         return json.loads((out_dir / "metrics.json").read_text()).get("goodput_rps")
     for name in JOB_OUTPUTS:   # a rerun (resume) starts from Hydra's files only
         (out_dir / name).unlink(missing_ok=True)
@@ -196,6 +192,28 @@ def run_job(cfg: DictConfig, out_dir: Path, ctx: SweepContext | None, overrides:
                 print(f"warning: could not log the failed job to MLflow ({type(exc2).__name__}: {exc2})",
                       file=sys.stderr)
         return None
+
+
+def log_kept_job(cfg: DictConfig, out_dir: Path, ctx: SweepContext, overrides: list[str], num: int) -> None:
+    """A complete job kept by a resumed sweep: log it if it was not (killed before or while
+    logging)."""
+    from simsched.outputs import MARKER
+    from simsched.run import track
+    from simsched.tracking_state import load_state, log_folder
+
+    if ctx.tracking_error or cfg.get("tracking") is None:
+        return
+    state = load_state(out_dir)
+    if state is not None and "record" in state:
+        if state.get("state") != "logged":
+            log_folder(out_dir, parent_run_id=ctx.parent_run_id)
+        return
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    listed = json.loads((out_dir / MARKER).read_text())["files"]
+    files = [out_dir / name for name in listed if not name.startswith(".hydra/")]
+    cfg = _tracking_for(cfg, ctx)
+    track(cfg, out_dir, metrics, files, tags=job_tags(cfg, ctx, overrides, num), parent_run_id=ctx.parent_run_id,
+          commit=ctx.git_commit)
 
 
 def end_with_launcher(pid: int) -> None:
@@ -333,7 +351,10 @@ class SweepCallback(Callback):
         ctx = SweepContext(str(sweep_dir), name, total, sweep_id=earlier.sweep_id if earlier else uuid.uuid4().hex[:12],
                            git_commit=git_commit(), launcher_pid=os.getpid(),
                            resumes=earlier.resumes + 1 if earlier else 0)
-        parent, problem = ParentRun.start(config, ctx, overrides, earlier)
+        from simsched.progress import Phase
+
+        with Phase("MLflow: opening the store and the sweep's parent run"):
+            parent, problem = ParentRun.start(config, ctx, overrides, earlier)
         if parent is not None:
             ctx = replace(ctx, parent_run_id=parent.run_id, tracking_uri=parent.uri, experiment=parent.experiment,
                           repeat=parent.repeat)
@@ -379,18 +400,23 @@ class SweepCallback(Callback):
         sweep_dir = Path(ctx.sweep_dir)
         files: list[Path] = []
         table = None
+        from simsched.progress import Phase
+
         try:
             from simsched.app import report
 
-            table = report.collect(sweep_dir)
-            if self.report:   # plots need matplotlib, which cannot be imported during exit
-                files = report.write_report(table, sweep_dir, sweep_dir, print_table=True, plots=status is None)
+            with Phase("writing the sweep's summary"):
+                table = report.collect(sweep_dir)
+                if self.report:   # plots need matplotlib, which cannot be imported during exit
+                    files = report.write_report(table, sweep_dir, sweep_dir, print_table=True, plots=status is None)
         except Exception as exc:  # noqa: BLE001 - the job folders are intact; close the parent run
             print(f"warning: sweep summary not written ({type(exc).__name__}: {exc}); "
                   f"`python -m simsched.report {sweep_dir}` rebuilds it", file=sys.stderr)
         parent: ParentRun | None = state["parent"]
         if parent is not None:
-            parent.finish(table, files + [sweep_dir / "multirun.yaml", sweep_dir / MARKER, sweep_dir / JOBS], status)
+            with Phase("MLflow: logging the summary to the sweep's parent run"):
+                parent.finish(table, files + [sweep_dir / "multirun.yaml", sweep_dir / MARKER, sweep_dir / JOBS],
+                              status)
         done = 0 if table is None else len(table)
         bad = 0 if table is None or table.empty else int((table["status"] != "ok").sum())
         untracked = 0 if table is None or "tracking" not in table else \

@@ -18,8 +18,14 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from simsched.errors import ConfigError, SimschedError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from simsched.app.sweep import SweepContext
 
 
 def track_run(folder: Path, quiet: bool = False) -> bool:
@@ -72,11 +78,14 @@ def track_sweep(sweep_dir: Path, quiet: bool = False) -> bool:
     ctx = replace(ctx, parent_run_id=parent.run_id, tracking_uri=uri, experiment=experiment, tracking_error=None)
     ctx.write()
     logged = 0
-    for folder in table["dir"]:
-        state = load_state(Path(folder))
+    for _, row in table.iterrows():
+        folder = Path(row["dir"])
+        state = load_state(folder)
         if state is not None and "record" in state and state.get("state") != "logged":
-            logged += log_folder(Path(folder), parent_run_id=parent.run_id, client=client,
+            logged += log_folder(folder, parent_run_id=parent.run_id, client=client,
                                  warn=not quiet).get("state") == "logged"
+        elif state is None and row["status"] == "ok" and str(row.get("tracking", "")).startswith("pending"):
+            logged += _log_unrecorded(folder, ctx, row)   # ended between done.json and tracking.json
     table = report.collect(sweep_dir)
     bad = table["status"] != "ok"
     status = "KILLED" if (table["status"].isin(["incomplete", "corrupt"])).any() else None
@@ -88,6 +97,20 @@ def track_sweep(sweep_dir: Path, quiet: bool = False) -> bool:
         print(f"{sweep_dir}: parent run {parent.run_id}; {logged} job run(s) logged now, {left} not logged"
               + (f"; {int(bad.sum())} job(s) not ok" if bad.any() else ""))
     return left == 0
+
+
+def _log_unrecorded(folder: Path, ctx: "SweepContext", row: "pd.Series") -> bool:
+    """Log a complete job that ended before it recorded what to log, from its folder."""
+    from omegaconf import OmegaConf
+
+    from simsched.app.sweep import log_kept_job
+    from simsched.tracking_state import load_state
+
+    cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    overrides = [str(o) for o in OmegaConf.load(folder / ".hydra" / "overrides.yaml")]
+    log_kept_job(cfg, folder, ctx, overrides, int(row["job"]))
+    state = load_state(folder)
+    return state is not None and state.get("state") == "logged"
 
 
 def main(argv: list[str] | None = None) -> int:
