@@ -20,7 +20,7 @@ import math
 import multiprocessing
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton

@@ -28,15 +28,49 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(130) from None
 
 
-def _single_run(conf: str, task, overrides: list[str]) -> None:
+def _plain_run(argv: list[str]) -> tuple[str | None, list[str]] | None:
+    """``(--config-dir, overrides)`` when the command line is overrides and at most a
+    ``--config-dir`` (a single run ``_single_run`` can start), else None."""
+    config_dir, rest, i = None, [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv) and config_dir is None:
+            config_dir, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--config-dir=") and config_dir is None:
+            config_dir = arg.split("=", 1)[1]
+        elif arg.startswith("-"):
+            return None
+        else:
+            rest.append(arg)
+        i += 1
+    return config_dir, rest
+
+
+def _single_run(conf: str, task, overrides: list[str], extra_dir: str | None = None) -> None:
     """``hydra.main``'s path for a plain run, minus its first composition (``Hydra.get_mode``,
     which composes the whole config only to read ``hydra.mode``: a run without ``-m``, a named
-    sweep or ``hydra.mode`` is a single run). Hydra 1.3.8 is pinned: these are its own steps."""
+    sweep or ``hydra.mode`` is a single run). Hydra 1.3.8 is pinned: these are its own steps,
+    ``--config-dir`` included."""
+    import os
+
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import create_automatic_config_search_path, run_and_report
+    from hydra.core.config_search_path import SearchPathQuery
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import SearchPathException
 
     search_path = create_automatic_config_search_path(None, None, conf)
+
+    def add_extra_dir() -> None:
+        if extra_dir is not None:
+            folder = os.path.abspath(extra_dir)
+            if not os.path.isdir(folder):
+                raise SearchPathException(f"Additional config directory '{folder}' not found")
+            search_path.prepend(provider="command-line", path=f"file://{folder}",
+                                anchor=SearchPathQuery(provider="schema"))
+
+    run_and_report(add_extra_dir)
     hydra = run_and_report(lambda: Hydra.create_main_hydra2(task_name="simsched", config_search_path=search_path))
     try:
         run_and_report(lambda: hydra.run(config_name="config", task_function=task,
@@ -83,11 +117,11 @@ def _main(argv: list[str] | None = None) -> None:
             release()
         return task(cfg)
 
-    plain = not any(a.startswith("-") for a in argv)
+    plain = _plain_run(argv)
     try:
         with contextlib.redirect_stderr(held):
-            if plain:
-                _single_run(conf, job, argv)
+            if plain is not None:
+                _single_run(conf, job, plain[1], plain[0])
             else:
                 app(job)()
     except SystemExit as exc:

@@ -363,8 +363,8 @@ class SweepCallback(Callback):
             print(f"warning: MLflow tracking is off for this sweep ({problem}); the jobs still write their "
                   f"folders; `python -m simsched.track {sweep_dir}` logs them later", file=sys.stderr, flush=True)
         ctx.write()
-        from simsched.app import report  # noqa: F401 - imported now: an interrupted sweep summarises at exit,
-        #                                   when modules that register exit handlers cannot be imported
+        import simsched.app.report  # noqa: F401 - now: an interrupted sweep summarises at exit, when
+        #                             modules that register exit handlers can no longer be imported
         monitor = None
         if self.progress:
             from simsched.progress import SweepProgress
@@ -472,7 +472,7 @@ class ParentRun:
         if tracking is None or "uri" not in tracking or "experiment" not in tracking:
             return None, None
         from simsched.config import build
-        from simsched.tracking import TrackingError, open_client, retry_locked
+        from simsched.tracking import TrackingError, open_client
 
         try:
             tracker = build(tracking, "tracking")

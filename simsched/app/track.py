@@ -45,8 +45,9 @@ def track_sweep(sweep_dir: Path, quiet: bool = False) -> bool:
     """Log a sweep's parent run and every job not logged yet; True when nothing is left."""
     from simsched.app import report
     from simsched.app.sweep import JOBS, MARKER, ParentRun, SweepContext
+    from simsched.progress import Phase
     from simsched.tracking import TrackingError, open_client
-    from simsched.tracking_state import load_state, log_folder
+    from simsched.tracking_state import load_state
 
     ctx = SweepContext.read(sweep_dir)
     if ctx is None:
@@ -77,15 +78,8 @@ def track_sweep(sweep_dir: Path, quiet: bool = False) -> bool:
         return False
     ctx = replace(ctx, parent_run_id=parent.run_id, tracking_uri=uri, experiment=experiment, tracking_error=None)
     ctx.write()
-    logged = 0
-    for _, row in table.iterrows():
-        folder = Path(row["dir"])
-        state = load_state(folder)
-        if state is not None and "record" in state and state.get("state") != "logged":
-            logged += log_folder(folder, parent_run_id=parent.run_id, client=client,
-                                 warn=not quiet).get("state") == "logged"
-        elif state is None and row["status"] == "ok" and str(row.get("tracking", "")).startswith("pending"):
-            logged += _log_unrecorded(folder, ctx, row)   # ended between done.json and tracking.json
+    with Phase(f"MLflow: logging the jobs of {sweep_dir} not logged yet"):
+        logged = _log_jobs(table, parent.run_id, client, ctx, quiet)
     table = report.collect(sweep_dir)
     bad = table["status"] != "ok"
     status = "KILLED" if (table["status"].isin(["incomplete", "corrupt"])).any() else None
@@ -97,6 +91,22 @@ def track_sweep(sweep_dir: Path, quiet: bool = False) -> bool:
         print(f"{sweep_dir}: parent run {parent.run_id}; {logged} job run(s) logged now, {left} not logged"
               + (f"; {int(bad.sum())} job(s) not ok" if bad.any() else ""))
     return left == 0
+
+
+def _log_jobs(table: "pd.DataFrame", parent_run_id: str, client: object, ctx: "SweepContext", quiet: bool) -> int:
+    """Log every job of the table not logged yet; returns how many were logged now."""
+    from simsched.tracking_state import load_state, log_folder
+
+    logged = 0
+    for _, row in table.iterrows():
+        folder = Path(row["dir"])
+        state = load_state(folder)
+        if state is not None and "record" in state and state.get("state") != "logged":
+            logged += log_folder(folder, parent_run_id=parent_run_id, client=client,
+                                 warn=not quiet).get("state") == "logged"
+        elif state is None and row["status"] == "ok" and str(row.get("tracking", "")).startswith("pending"):
+            logged += _log_unrecorded(folder, ctx, row)   # ended between done.json and tracking.json
+    return logged
 
 
 def _log_unrecorded(folder: Path, ctx: "SweepContext", row: "pd.Series") -> bool:

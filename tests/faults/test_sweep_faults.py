@@ -303,3 +303,24 @@ def test_ctrl_c_in_a_single_run_is_one_line(tmp_path):
     if code == 130:
         assert err.strip().splitlines()[-1] == "interrupted"
         assert not (tmp_path / "run" / "done.json").exists()
+
+
+def test_track_closes_the_child_runs_a_killed_sweep_left_running(tmp_path, complete_sweep):
+    """A sweep killed while a job was logging leaves its child run RUNNING: ``track`` (like
+    ``resume``) closes it as KILLED and gives the parent its final status."""
+    from dataclasses import replace
+
+    from simsched.app.sweep import SweepContext
+    from simsched.tracking import experiment_id, open_client
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = open_client(uri)
+    exp = experiment_id(client, uri, "stale")
+    parent = client.create_run(exp, tags={"simsched.kind": "sweep"})
+    stale = client.create_run(exp, tags={"mlflow.parentRunId": parent.info.run_id})
+    ctx = SweepContext.read(complete_sweep)
+    replace(ctx, parent_run_id=parent.info.run_id, tracking_uri=uri, experiment="stale").write()
+    proc = run([str(complete_sweep)], tmp_path, module="simsched.track")
+    assert proc.returncode == 0, proc.stderr
+    assert client.get_run(stale.info.run_id).info.status == "KILLED"
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"

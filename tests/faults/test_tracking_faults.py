@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from faultkit import TINY, no_traceback, run, runs, unwritable_folder
+from faultkit import TINY, no_traceback, run, unwritable_folder
 
 
 def listing(folder: Path) -> dict[str, str]:
