@@ -14,10 +14,12 @@ same run mean much. Cases:
   tracking, into a store that exists / in an empty folder; the command's extra wall time is the
   difference to ``startup_default``. ``..._fg``: the same with ``tracking.background=false``
   (the command waits until the run is logged; an older tree always does).
-- ``sweep_basic_N`` / ``sweep_joblib_N``: an N-job seed sweep of 10-request jobs (simulation
-  negligible), ``tracking=none``; per-job overhead = (T(N) - T(1)) / (N - 1).
-- ``sweep_200x5000``: 200 jobs of 5,000 requests on the joblib launcher with MLflow tracking
-  (``--big``; minutes).
+- ``sweep_basic_N`` / ``sweep_joblib_N`` / ``sweep_workers_N``: an N-job seed sweep of
+  10-request jobs (simulation negligible), ``tracking=none``, on the default launcher (in one
+  process), on Hydra's joblib launcher (2 processes), on two worker processes (simsched's
+  launcher; joblib's for a tree without it); per-job overhead = (T(N) - T(1)) / (N - 1).
+- ``sweep_200x5000``: 200 jobs of 5,000 requests on two worker processes with MLflow tracking
+  into a store that exists (``--big``; minutes).
 """
 from __future__ import annotations
 
@@ -81,9 +83,15 @@ def cases(big: bool) -> dict[str, callable]:
             return t
         return go
 
-    def sweep(n: int, launcher: list[str], extra: list[str]):
+    def sweep(n: int, launcher: list[str] | None, extra: list[str]):
+        """``launcher`` None: two worker processes, on simsched's launcher where the tree has
+        it, else on joblib's (the fastest an older tree offers)."""
         def go(tree: Path, work: Path) -> float:
-            return timed(tree, ["-m", f"seed=range(0,{n})", *extra, *launcher,
+            chosen = launcher
+            if chosen is None:
+                ours = (tree / "hydra_plugins" / "simsched_plugins").is_dir()
+                chosen = ["hydra.launcher.n_jobs=2"] if ours else ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+            return timed(tree, ["-m", f"seed=range(0,{n})", *extra, *chosen,
                                 f"hydra.sweep.dir={work}/sw{time.perf_counter_ns()}"], work)
         return go
 
@@ -99,10 +107,12 @@ def cases(big: bool) -> dict[str, callable]:
         "sweep_basic_20": sweep(20, [], ["tracking=none", *TINY]),
         "sweep_joblib_1": sweep(1, joblib, ["tracking=none", *TINY]),
         "sweep_joblib_20": sweep(20, joblib, ["tracking=none", *TINY]),
+        "sweep_workers_1": sweep(1, None, ["tracking=none", *TINY]),
+        "sweep_workers_20": sweep(20, None, ["tracking=none", *TINY]),
     }
     if big:
-        out["sweep_200x5000"] = sweep(200, joblib, ["workload.num_requests=5000", "output.plots=false", *QUIET,
-                                                    "tracking.experiment=big"])
+        out["sweep_200x5000"] = sweep(200, None, ["workload.num_requests=5000", "output.plots=false", *QUIET,
+                                                  "tracking.experiment=big"])
     return out
 
 
@@ -144,7 +154,7 @@ def main() -> None:
         print(line + "   CPU median " + ", ".join(f"{t} {row[t]['cpu_median_s']:.2f} s" for t in trees))
     for t in trees:
         per_job = {}
-        for kind in ("basic", "joblib"):
+        for kind in ("basic", "joblib", "workers"):
             a, b = f"sweep_{kind}_1", f"sweep_{kind}_20"
             if a in summary and b in summary:
                 per_job[kind] = (summary[b][t]["median_s"] - summary[a][t]["median_s"]) / 19

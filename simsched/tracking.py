@@ -105,7 +105,7 @@ class MlflowTracker:
         """What to log for a run folder (paths are stored relative to it)."""
         tags = dict(tags or {})
         name = self.run_name or tags.pop("mlflow.runName", None)
-        rel = [Path(a).resolve().relative_to(Path(run_dir).resolve()).as_posix() for a in artifacts]
+        rel = [_relative(Path(a), Path(run_dir)) for a in artifacts]
         return RunRecord(absolute_uri(self.resolved_uri(), Path.cwd()), self.experiment, name, params, metrics,
                          tags, rel, parent_run_id, status)
 
@@ -119,6 +119,14 @@ class MlflowTracker:
         except TrackingError as exc:
             log.warning("MLflow tracking failed (%s); results are on disk in %s", exc, run_dir)
             return None
+
+
+def _relative(path: Path, run_dir: Path) -> str:
+    """``path`` relative to the run folder, or absolute when it lies outside it."""
+    try:
+        return path.resolve().relative_to(run_dir.resolve()).as_posix()
+    except ValueError:
+        return str(path.resolve())
 
 
 # --- the store ---------------------------------------------------------------------------------
@@ -349,12 +357,13 @@ def log_record(record: RunRecord, run_dir: Path, client: Any = None) -> str:
                 bm = m_chunks[i] if i < len(m_chunks) else []
                 retry_locked(lambda: client.log_batch(run_id, metrics=bm, params=bp))
             for rel in record.artifacts:
-                path = Path(run_dir) / rel
+                path = Path(run_dir) / rel   # an absolute path (a file outside the folder) stays itself
+                inside = not Path(rel).is_absolute()
                 if path.is_file():
-                    parent = Path(rel).parent.as_posix()
+                    parent = Path(rel).parent.as_posix() if inside else "."
                     client.log_artifact(run_id, str(path), artifact_path=None if parent == "." else parent)
                 elif path.is_dir():
-                    client.log_artifacts(run_id, str(path), artifact_path=rel)
+                    client.log_artifacts(run_id, str(path), artifact_path=rel if inside else path.name)
         except Exception:
             with contextlib.suppress(Exception):
                 retry_locked(lambda: client.set_terminated(run_id, "FAILED"))

@@ -1,4 +1,5 @@
-"""simsched's launcher (``hydra/launcher: simsched``, the default in conf/config.yaml).
+"""simsched's launcher (``hydra/launcher: simsched``, the default in conf/config.yaml; its options
+are in conf/hydra/launcher/simsched.yaml).
 
 ``n_jobs: 1`` runs the jobs one after another in the launching process; ``n_jobs: N`` (or -1,
 one per CPU) runs them on N worker processes, in chunks. Either way a job costs little besides
@@ -9,27 +10,18 @@ per-job ``hydra.yaml`` (the sweep's ``multirun.yaml`` holds Hydra's settings). W
 when the launching process is gone. The work is in ``simsched.app.launch``; this module is
 imported by Hydra at every start-up, so it imports nothing heavy.
 """
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 
-@dataclass
-class SimschedLauncherConf:
-    _target_: str = "hydra_plugins.simsched_plugins.launcher.SimschedLauncher"
-    n_jobs: int = 1   # 1: in this process; N: N worker processes; -1: one per CPU
-
-
-ConfigStore.instance().store(group="hydra/launcher", name="simsched", node=SimschedLauncherConf, provider="simsched")
-
-
 class SimschedLauncher(Launcher):
     def __init__(self, n_jobs: int = 1) -> None:
+        if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0 or n_jobs < -1:
+            raise ValueError(f"hydra.launcher.n_jobs: must be a positive integer or -1 (got {n_jobs!r})")
         self.n_jobs = n_jobs
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None

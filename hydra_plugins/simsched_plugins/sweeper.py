@@ -1,5 +1,6 @@
-"""simsched's sweeper (``hydra/sweeper: simsched``, the default in conf/config.yaml): Hydra's basic
-sweeper, with two changes.
+"""simsched's sweeper (``hydra/sweeper: simsched``, the default in conf/config.yaml; its options
+are Hydra's basic sweeper's, in conf/hydra/sweeper/simsched.yaml): the basic sweeper, with two
+changes.
 
 - Job configs are composed once per shape (``simsched.app.compose``): the sweeper validates
   every job before launching it (a full composition per shape, the others' values checked on a
@@ -11,23 +12,11 @@ sweeper, with two changes.
 It lives in ``hydra_plugins`` because Hydra only instantiates sweepers from there; Hydra imports
 this module at every start-up, so it imports nothing heavy.
 """
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, List, Sequence
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.config_store import ConfigStore
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
-
-
-@dataclass
-class SimschedSweeperConf:
-    _target_: str = "hydra_plugins.simsched_plugins.sweeper.SimschedSweeper"
-    max_batch_size: Optional[int] = None
-    params: Optional[Dict[str, str]] = None
-
-
-ConfigStore.instance().store(group="hydra/sweeper", name="simsched", node=SimschedSweeperConf, provider="simsched")
 
 
 class SimschedSweeper(BasicSweeper):

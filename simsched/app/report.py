@@ -46,8 +46,6 @@ def job_row(job_dir: Path, overrides: list[str] | None = None, job: int | str | 
     """One job folder as a row: status (``ok`` only when ``done.json`` vouches for every file),
     error, standard factors, overrides, tracking state and (for ok jobs) ``metrics.json``.
     ``overrides``: the job's overrides from ``jobs.json`` (for a job that never started)."""
-    from omegaconf import OmegaConf
-
     from simsched.outputs import check_run_dir
     from simsched.tracking_state import load_state
     from simsched.workloads.rates import arrival_rate
@@ -55,7 +53,7 @@ def job_row(job_dir: Path, overrides: list[str] | None = None, job: int | str | 
     hydra_dir = job_dir / ".hydra"
     if (hydra_dir / "overrides.yaml").is_file():
         try:
-            overrides = [str(o) for o in OmegaConf.to_container(OmegaConf.load(hydra_dir / "overrides.yaml"))]
+            overrides = [str(o) for o in _load_yaml(hydra_dir / "overrides.yaml")]
         except Exception:  # noqa: BLE001 - a damaged file: the check below says so
             overrides = overrides or []
     if job is None:
@@ -69,8 +67,8 @@ def job_row(job_dir: Path, overrides: list[str] | None = None, job: int | str | 
     tracked = False
     if (hydra_dir / "config.yaml").is_file():
         try:
-            cfg = OmegaConf.load(hydra_dir / "config.yaml")
-            tracked = cfg.get("tracking") is not None and "uri" in cfg.tracking
+            cfg = _load_yaml(hydra_dir / "config.yaml")
+            tracked = cfg.get("tracking") is not None and "uri" in cfg["tracking"]
             row.update(factors_of(cfg, arrival_rate(cfg)))
         except Exception:  # noqa: BLE001 - e.g. an interpolation only Hydra can resolve
             pass
@@ -93,6 +91,18 @@ def job_row(job_dir: Path, overrides: list[str] | None = None, job: int | str | 
         except (OSError, ValueError):
             row["status"], row["error"] = "corrupt", "metrics.json is unreadable"
     return row
+
+
+def _load_yaml(path: Path) -> Any:
+    """A YAML file as plain data (libyaml's loader: a tenth of ``OmegaConf.load``'s time), or as an
+    OmegaConf node when it holds interpolations, which only OmegaConf resolves."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    text = path.read_text()
+    if "${" in text:
+        return OmegaConf.load(path)
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def factors_of(cfg: Any, rate: float) -> dict[str, Any]:
