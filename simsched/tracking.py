@@ -271,13 +271,30 @@ def open_client(uri: str, *, create: bool = True) -> Any:
         from mlflow.tracking import MlflowClient
 
         with store_lock(uri):
-            client = MlflowClient(uri)
-            client.search_experiments(max_results=1)   # the store (and its tables) now exist
+            client = MlflowClient(uri)   # opens the store, creating its tables if it is new
+            if create:
+                _write_ahead_log(sqlite_path(uri))
         return client
     except TrackingError:
         raise
     except Exception as exc:  # noqa: BLE001 - MLflow's many error types, as one line
         raise TrackingError(_one_line(exc)) from None
+
+
+def _write_ahead_log(db: Path | None) -> None:
+    """Switch an sqlite store to sqlite's write-ahead log (once: it is a property of the file):
+    a commit costs one write instead of several, and readers do not wait for writers. Best
+    effort: a store busy with another process keeps its mode until the next time."""
+    if db is None:
+        return
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=1)) as con:
+            if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                con.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error:
+        pass
 
 
 def experiment_id(client: Any, uri: str, name: str) -> str:
@@ -356,14 +373,17 @@ def log_record(record: RunRecord, run_dir: Path, client: Any = None) -> str:
                 bp = p_chunks[i] if i < len(p_chunks) else []
                 bm = m_chunks[i] if i < len(m_chunks) else []
                 retry_locked(lambda: client.log_batch(run_id, metrics=bm, params=bp))
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+            repo = get_artifact_repository(run.info.artifact_uri)   # (the client would look the run up again)
             for rel in record.artifacts:
                 path = Path(run_dir) / rel   # an absolute path (a file outside the folder) stays itself
                 inside = not Path(rel).is_absolute()
                 if path.is_file():
                     parent = Path(rel).parent.as_posix() if inside else "."
-                    client.log_artifact(run_id, str(path), artifact_path=None if parent == "." else parent)
+                    repo.log_artifact(str(path), None if parent == "." else parent)
                 elif path.is_dir():
-                    client.log_artifacts(run_id, str(path), artifact_path=rel if inside else path.name)
+                    repo.log_artifacts(str(path), rel if inside else path.name)
         except Exception:
             with contextlib.suppress(Exception):
                 retry_locked(lambda: client.set_terminated(run_id, "FAILED"))

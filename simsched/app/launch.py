@@ -120,10 +120,12 @@ def _on_workers(context: HydraContext, config: DictConfig, task_function: TaskFu
     """Run ``jobs`` on a pool of ``workers`` processes, in chunks (about four per worker)."""
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     ctx = multiprocessing.get_context(method)
-    if method == "forkserver":
-        preload = ["simsched.app.launch", "simsched.app.sweep", "simsched.run"]
+    if method == "forkserver":   # what every job imports, imported once in the fork server
+        preload = ["simsched.app.launch", "simsched.app.sweep", "simsched.run", "simsched.engines.run_to_completion",
+                   "simsched.metrics", "simsched.outputs", "pyarrow.parquet"]
         if str(OmegaConf.select(config, "tracking._target_", default="")).endswith("MlflowTracker"):
-            preload.append("mlflow.tracking")
+            preload += ["mlflow.tracking", "mlflow.entities", "mlflow.store.tracking.sqlalchemy_store",
+                        "mlflow.store.artifact.local_artifact_repo", "filelock"]
         ctx.set_forkserver_preload(preload)
     size = max(1, math.ceil(len(jobs) / (4 * workers)))
     import cloudpickle   # the structured-config classes are generated at run time: pickled by value
@@ -145,7 +147,7 @@ def _on_workers(context: HydraContext, config: DictConfig, task_function: TaskFu
     return [results[idx] for idx, _ in jobs]
 
 
-def _worker_init(launcher_pid: int) -> None:
+def _worker_init(launcher_pid: int) -> None:   # a worker of this machine's pool
     from simsched.app.sweep import end_with_launcher
 
     end_with_launcher(launcher_pid)

@@ -24,12 +24,12 @@ sweep) and ``simsched.repeat_of = <first parent run id>``; its children carry th
 from __future__ import annotations
 
 import atexit
-import copy
 import hashlib
 import json
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -69,6 +69,7 @@ class SweepContext:
     sweep_id: str = ""
     git_commit: str | None = None
     launcher_pid: int = 0
+    launcher_host: str = ""
     tracking_error: str | None = None   # why the parent run does not exist: jobs then do not log
     resumes: int = 0
 
@@ -153,7 +154,7 @@ def task(cfg: DictConfig) -> float | None:
     if not sweep_dir.is_absolute():
         sweep_dir = Path(hc.runtime.cwd) / sweep_dir
     ctx = SweepContext.find(sweep_dir, out_dir)
-    if ctx is not None:
+    if ctx is not None and ctx.launcher_host == socket.gethostname():
         end_with_launcher(ctx.launcher_pid)
     return run_job(cfg, out_dir, ctx, list(hc.overrides.task), int(hc.job.num))
 
@@ -217,9 +218,10 @@ def log_kept_job(cfg: DictConfig, out_dir: Path, ctx: SweepContext, overrides: l
 
 
 def end_with_launcher(pid: int) -> None:
-    """In a worker process (joblib, Ray on this machine), exit when the process that launched
-    the sweep is gone, so that killing a sweep does not leave its workers running. A job cut
-    short leaves no ``done.json``: the summary and ``resume`` see it as unfinished."""
+    """In a worker process on the launching machine (joblib's, simsched's, a local Ray's), exit
+    when the process that launched the sweep is gone, so that killing a sweep does not leave its
+    workers running. A job cut short leaves no ``done.json``: the summary and ``resume`` see it
+    as unfinished."""
     if not pid or pid == os.getpid() or any(t.name == "simsched-launcher-watch" for t in threading.enumerate()):
         return
 
@@ -241,8 +243,7 @@ def _tracking_for(cfg: DictConfig, ctx: SweepContext | None) -> DictConfig:
     job writes to the parent's store whatever its working directory."""
     if ctx is None or ctx.tracking_uri is None or cfg.get("tracking") is None or "uri" not in cfg.tracking:
         return cfg
-    cfg = copy.deepcopy(cfg)
-    cfg.tracking.uri = ctx.tracking_uri
+    cfg.tracking.uri = ctx.tracking_uri   # the job's own copy of its config (Hydra's, simsched's launcher)
     cfg.tracking.experiment = ctx.experiment
     return cfg
 
@@ -349,7 +350,7 @@ class SweepCallback(Callback):
             total = None
         name = str(config.hydra.runtime.choices.get("sweep") or "multirun")
         ctx = SweepContext(str(sweep_dir), name, total, sweep_id=earlier.sweep_id if earlier else uuid.uuid4().hex[:12],
-                           git_commit=git_commit(), launcher_pid=os.getpid(),
+                           git_commit=git_commit(), launcher_pid=os.getpid(), launcher_host=socket.gethostname(),
                            resumes=earlier.resumes + 1 if earlier else 0)
         from simsched.progress import Phase
 
