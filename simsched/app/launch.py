@@ -5,9 +5,10 @@ of sweep jobs in this process or on worker processes, each job set up the way Hy
 What a job gets, as with Hydra's launchers: its config (from the caching loader), ``hydra.job.num``
 and ``id``, ``hydra.runtime.output_dir``, ``HydraConfig``, its folder with ``.hydra/config.yaml``
 and ``.hydra/overrides.yaml``, its log file (``<job>/<job name>.log``), ``hydra.job.env_set``,
-``hydra.job.chdir``, and the ``on_job_start`` / ``on_job_end`` callbacks. What it does not get:
-a per-job ``.hydra/hydra.yaml`` (the sweep's ``multirun.yaml`` holds Hydra's settings) and
-Hydra's four deep copies of the config per job.
+``hydra.job.chdir``, and the ``on_job_start`` / ``on_job_end`` callbacks (which receive the
+job's config without its ``hydra`` node: ``HydraConfig.get()`` has it). What it does not get: a
+per-job ``.hydra/hydra.yaml`` (the sweep's ``multirun.yaml`` holds Hydra's settings) and Hydra's
+four deep copies of the config per job.
 
 Worker processes start from a fork server (fresh interpreters that import simsched, and MLflow
 when the sweep logs to it, once), take jobs in chunks, and exit when the launching process is
