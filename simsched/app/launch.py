@@ -21,7 +21,7 @@ import math
 import multiprocessing
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
@@ -119,15 +119,7 @@ def _job_log(path: Path) -> logging.Handler:
 def _on_workers(context: HydraContext, config: DictConfig, task_function: TaskFunction,
                 jobs: list[tuple[int, list[str]]], workers: int) -> list[JobReturn]:
     """Run ``jobs`` on a pool of ``workers`` processes, in chunks (about four per worker)."""
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    ctx = multiprocessing.get_context(method)
-    if method == "forkserver":   # what every job imports, imported once in the fork server
-        preload = ["simsched.app.launch", "simsched.app.sweep", "simsched.run", "simsched.engines.run_to_completion",
-                   "simsched.metrics", "simsched.outputs", "pyarrow.parquet"]
-        if str(OmegaConf.select(config, "tracking._target_", default="")).endswith("MlflowTracker"):
-            preload += ["mlflow.tracking", "mlflow.entities", "mlflow.store.tracking.sqlalchemy_store",
-                        "mlflow.store.artifact.local_artifact_repo", "filelock"]
-        ctx.set_forkserver_preload(preload)
+    ctx = _worker_context(config)
     size = max(1, math.ceil(len(jobs) / (4 * workers)))
     import cloudpickle   # the structured-config classes are generated at run time: pickled by value
 
@@ -146,6 +138,21 @@ def _on_workers(context: HydraContext, config: DictConfig, task_function: TaskFu
     finally:
         pool.join()
     return [results[idx] for idx, _ in jobs]
+
+
+def _worker_context(config: DictConfig) -> Any:
+    """Workers come from a fork server that has imported what every job imports (once); where
+    there is no fork server, they are spawned."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    preload = ["simsched.app.launch", "simsched.app.sweep", "simsched.run", "simsched.engines.run_to_completion",
+               "simsched.metrics", "simsched.outputs", "pyarrow.parquet"]
+    if str(OmegaConf.select(config, "tracking._target_", default="")).endswith("MlflowTracker"):
+        preload += ["mlflow.tracking", "mlflow.entities", "mlflow.store.tracking.sqlalchemy_store",
+                    "mlflow.store.artifact.local_artifact_repo", "filelock"]
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(preload)
+    return ctx
 
 
 def _worker_init(launcher_pid: int) -> None:   # a worker of this machine's pool
