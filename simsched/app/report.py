@@ -165,11 +165,19 @@ def from_mlflow(experiment: str, uri: str | None = None, parent: str | None = No
         client = open_client(uri, create=False)   # a read never creates a store
     except TrackingError as exc:
         raise ConfigError("--uri", f"{uri}: {exc}") from None
-    exp = client.get_experiment_by_name(experiment)
+
+    def read(call: Callable[[], Any]) -> Any:
+        """An MLflow read; a store that fails (a server that times out) is one line."""
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - MLflow's many error types
+            raise ConfigError("--uri", f"{uri}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
+
+    exp = read(lambda: client.get_experiment_by_name(experiment))
     if exp is None:
-        names = ", ".join(e.name for e in client.search_experiments())
+        names = ", ".join(e.name for e in read(client.search_experiments))
         raise ConfigError("--experiment", "no such MLflow experiment", experiment, names or "(none)")
-    runs = _search_all(client, exp.experiment_id, "")
+    runs = read(lambda: _search_all(client, exp.experiment_id, ""))
     parents = [r for r in runs if r.data.tags.get("simsched.kind") == "sweep"]
     if all_runs:
         chosen = [r for r in runs if r.data.tags.get("simsched.kind") not in ("sweep", "capacity")]
