@@ -11,7 +11,7 @@ from simsched.engines.run_to_completion import COMPLETED, REJECTED, REASONS, UNF
 from simsched.errors import ConfigError
 from simsched.latency import Affine, SeedForm
 from simsched.predictor import Noisy
-from simsched.scheduler import Scheduler
+from simsched.scheduler import Scheduler, warmup_schedule
 from simsched.workloads import SyntheticWorkload
 from simsched.workloads.arrivals import Gamma, Poisson
 from simsched.workloads.lengths import Bimodal, Uniform, Zipf
@@ -102,8 +102,13 @@ def test_bins_hold_exactly_their_predicted_range_open_ended():
     req = burst(3000)
     sch = Scheduler(DynamicBatcher(), k_bins=4, warmup_requests=50)  # a small warm-up sample
     res = run_sim(req, sch, predictor=Noisy(sigma=0.8))
-    cuts = np.concatenate(([-np.inf], res.cut_points, [np.inf]))
-    lo, hi = cuts[res.bin], cuts[res.bin + 1]
+    # After the warm-up every request is binned by the final cut points; during it, by the cut
+    # points known at its arrival.
+    cuts = np.tile(np.concatenate(([-np.inf], res.cut_points, [np.inf])), (len(req), 1))
+    for lo, hi, early in warmup_schedule(res.predicted, 4, 50):
+        cuts[lo:hi, 1:-1] = early
+    rows = np.arange(len(req))
+    lo, hi = cuts[rows, res.bin], cuts[rows, res.bin + 1]
     assert np.all((res.predicted >= lo) & (res.predicted < hi))
     # Predictions beyond the warm-up range land in the first or last bin by value.
     assert res.predicted[res.bin == 0].min() == res.predicted.min()
@@ -111,15 +116,32 @@ def test_bins_hold_exactly_their_predicted_range_open_ended():
 
 
 def test_equal_mass_boundaries_are_quantiles_and_configured_ones_are_used():
-    pred = np.arange(1, 1001)
+    pred = np.random.default_rng(0).permutation(np.arange(1, 1001))
     sch = Scheduler(DynamicBatcher(), k_bins=4, warmup_requests=1000)
     assert np.allclose(sch.cut_points(pred), [250.75, 500.5, 750.25])
     sizes = np.bincount(sch.assign_bins(pred, sch.cut_points(pred)))
-    assert sizes.tolist() == [250, 250, 250, 250]
+    assert sizes.sum() == 1000 and np.all(np.abs(sizes - 250) < 40)   # learnt during the warm-up
+    later = np.concatenate((pred, pred))                                # after it: exactly equal mass
+    assert np.bincount(sch.assign_bins(later, sch.cut_points(later))[1000:]).tolist() == [250] * 4
     fixed = Scheduler(DynamicBatcher(), k_bins=3, boundaries=[10, 100])
     assert fixed.assign_bins(np.array([1, 10, 99, 100, 10**6]), fixed.cut_points(pred)).tolist() == [0, 1, 1, 2, 2]
     with pytest.raises(ConfigError, match="boundaries"):
         Scheduler(DynamicBatcher(), k_bins=3, boundaries=[100, 10])
+
+
+@pytest.mark.parametrize("warmup", [1, 7, 64, 1000])
+def test_bins_never_depend_on_requests_that_have_not_arrived(warmup):
+    # A request's bin is a function of the predictions up to its own row (arrival order): changing
+    # every later prediction must leave it alone (REFERENCE §7: no cut points from the future).
+    rng = np.random.default_rng(3)
+    pred = rng.integers(1, 2000, 1500)
+    sch = Scheduler(DynamicBatcher(), k_bins=4, warmup_requests=warmup)
+    base = sch.assign_bins(pred, sch.cut_points(pred))
+    for i in (0, 1, 2, 5, 100, 600, 998, 999, 1200):
+        future = pred.copy()
+        future[i + 1:] = rng.integers(1, 20, len(pred) - i - 1)   # much shorter futures
+        got = sch.assign_bins(future, sch.cut_points(future))
+        assert np.array_equal(got[:i + 1], base[:i + 1]), i
 
 
 def test_round_robin_does_not_starve_long_requests():
