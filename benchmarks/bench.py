@@ -49,7 +49,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         probe = run_case(["workload.num_requests=50000"], work)
-        rate = args.load * probe["metrics"]["reference_capacity_rps"]
+        rate = args.load * probe["metrics"]["saturation_throughput_rps"]
         starts = [run_case(["workload.num_requests=10", "output.requests_table=false",
                             "output.batches_table=false"], work)["wall_s"] for _ in range(3)]
         rows = []

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from simsched.config import build
 from simsched.engines.run_to_completion import SimResult, simulate
 from simsched.metrics import Sla, Window, compute_metrics
+from simsched.saturation import saturation_throughput
 from simsched.outputs import format_table, plot_latency_cdf, write_metrics, write_tables
 from simsched.workloads.summary import format_summary, summarize
 
@@ -33,7 +34,7 @@ class Components:
 
 def build_components(cfg: DictConfig) -> Components:
     """Instantiate every group; a bad value raises ConfigError naming its dotted key."""
-    from simsched.errors import ConfigError
+    from simsched.errors import ConfigError, check_positive
 
     parts = {g: build(cfg[g], g) for g in ("scheduler", "workload", "latency_model", "predictor", "gpus")}
     try:
@@ -41,7 +42,8 @@ def build_components(cfg: DictConfig) -> Components:
     except ConfigError as exc:
         raise exc.under("sla") from None
     try:
-        window = Window(**OmegaConf.to_container(cfg.metrics))
+        window = Window(warmup_fraction=cfg.metrics.warmup_fraction)
+        check_positive("saturation_requests", cfg.metrics.saturation_requests, integer=True, allow_zero=True)
     except ConfigError as exc:
         raise exc.under("metrics") from None
     return Components(sla=sla, window=window, **parts)
@@ -51,7 +53,7 @@ def simulate_config(cfg: DictConfig, comps: Components | None = None) -> tuple[S
     """Build and run the simulation of a config; returns the result, its metrics and components."""
     comps = comps or build_components(cfg)
     root = np.random.SeedSequence(int(cfg.seed))
-    workload_ss, sim_ss = root.spawn(2)
+    workload_ss, sim_ss, saturation_ss = root.spawn(3)
     wl_seed = getattr(comps.workload, "seed", None)
     wl_rng = np.random.default_rng(wl_seed if wl_seed is not None else workload_ss)
     t0 = time.perf_counter()
@@ -60,8 +62,9 @@ def simulate_config(cfg: DictConfig, comps: Components | None = None) -> tuple[S
     res = simulate(requests, comps.scheduler, comps.latency_model, comps.gpus, comps.predictor,
                    np.random.default_rng(sim_ss), horizon_s=cfg.engine.horizon_s, release=cfg.engine.release)
     t2 = time.perf_counter()
-    metrics = compute_metrics(res, comps.sla, comps.window, comps.latency_model,
-                              comps.scheduler.batcher.max_batch)
+    mu_sat = saturation_throughput(requests, comps.scheduler, comps.latency_model, comps.gpus, comps.predictor,
+                                   np.random.default_rng(saturation_ss), int(cfg.metrics.saturation_requests))
+    metrics = compute_metrics(res, comps.sla, comps.window, saturation_rps=mu_sat)
     metrics["workload_wall_s"] = t1 - t0
     metrics["sim_wall_s"] = t2 - t1
     metrics["sim_requests_per_s"] = len(requests) / (t2 - t1) if t2 > t1 else float("nan")

@@ -190,7 +190,7 @@ def test_memory_aware_batcher_avoids_kv_overflow_that_static_batching_hits():
     gpus = Gpus(count=2, kv_capacity_tokens=20000)
     dyn = run_sim(req, Scheduler(DynamicBatcher()), gpus=gpus)
     big = run_sim(req, Scheduler(FixedBatcher(64)), gpus=gpus)
-    m_dyn = compute_metrics(dyn, Sla(), Window(), SeedForm())
-    m_big = compute_metrics(big, Sla(), Window(), SeedForm())
+    m_dyn = compute_metrics(dyn, Sla(), Window())
+    m_big = compute_metrics(big, Sla(), Window())
     assert m_big["kv_overflow_batches"] > 10
     assert m_dyn["kv_overflow_batches"] <= 0.05 * m_dyn["num_batches"]

@@ -91,7 +91,7 @@ def simulated(values: np.ndarray, probs: np.ndarray, k: int, n: int, reps: int, 
     for r in range(reps):
         req = poisson_requests(lam, dist, n, rng(seed, 4, dist_id, r))
         res = run_sim(req, sched, LATENCY, gpus=GPUS, gen=rng(seed, 4, dist_id, r, 1))
-        out.append(compute_metrics(res, Sla(), SATURATED_WINDOW, LATENCY)["throughput_rps"])
+        out.append(compute_metrics(res, Sla(), SATURATED_WINDOW)["throughput_rps"])
     return out
 
 

@@ -62,7 +62,7 @@ def measure(mode: str, rate: float | None, n: int, reps: int, seed: int, scenari
         req = c.workload.generate(rng(seed, 6, scenario, r))
         res = run_sim(req, c.scheduler, c.latency_model, gpus=c.gpus.count, predictor=c.predictor,
                       gen=rng(seed, 6, scenario, r, 1), kv_capacity_tokens=c.gpus.kv_capacity_tokens)
-        m = compute_metrics(res, c.sla, c.window, c.latency_model)
+        m = compute_metrics(res, c.sla, c.window)
         done = res.status == COMPLETED
         makespan = float(np.max(res.finish[done]) - req.arrival[0])
         vals = {"violations": m["sla_violation_rate"], "mean latency (s)": m["latency_mean_s"],

@@ -47,7 +47,7 @@ def violation(scheduler: Scheduler, rate: float, n: int, seed: int, rep: int) ->
     req = poisson_requests(1.0, OUTPUT, n, rng(seed, 5, rep))
     req.arrival = req.arrival / rate
     res = run_sim(req, scheduler, LATENCY, gen=rng(seed, 5, rep, 1))
-    v = compute_metrics(res, SLA, Window(0.1), LATENCY)["sla_violation_rate"]
+    v = compute_metrics(res, SLA, Window(0.1))["sla_violation_rate"]
     return 1.0 if v != v else float(v)   # nothing measured cannot show the SLA was met
 
 
@@ -68,7 +68,7 @@ def operating_point(scheduler: Scheduler, rate: float, n: int, seed: int) -> dic
     req = poisson_requests(1.0, OUTPUT, n, rng(seed, 5, 0))
     req.arrival = req.arrival / rate
     res = run_sim(req, scheduler, LATENCY, gen=rng(seed, 5, 0, 1))
-    m = compute_metrics(res, SLA, Window(0.1), LATENCY)
+    m = compute_metrics(res, SLA, Window(0.1))
     lo, hi = Window(0.1).bounds(req.arrival, res.end_time)
     sel = (res.status == 0) & (req.arrival >= lo) & (req.arrival <= hi)
     return {"mean batch size": m["mean_batch_size"], "mean TBT (ms)": 1000 * m["tbt_mean_s"],
