@@ -97,12 +97,14 @@ def plot_latency_cdf(path: Path, res: SimResult, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     done = res.status == 0
+    served = int(done.sum()) + int(np.sum(res.status == 2))   # unfinished ones never reach the curve
     lat = np.sort(res.finish[done] - res.requests.arrival[done])
     fig, ax = plt.subplots(figsize=(6, 4))
     if len(lat):
-        ax.plot(lat, np.arange(1, len(lat) + 1) / len(lat))
+        ax.plot(lat, np.arange(1, len(lat) + 1) / served)
     ax.set_xlabel("end-to-end latency (s)")
-    ax.set_ylabel("fraction of completed requests")
+    ax.set_ylabel("fraction of admitted requests completed" if served == len(lat)
+                  else f"fraction of admitted requests completed ({served - len(lat)} unfinished)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
