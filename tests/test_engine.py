@@ -194,3 +194,65 @@ def test_memory_aware_batcher_avoids_kv_overflow_that_static_batching_hits():
     m_big = compute_metrics(big, Sla(), Window())
     assert m_big["kv_overflow_batches"] > 10
     assert m_dyn["kv_overflow_batches"] <= 0.05 * m_dyn["num_batches"]
+
+
+class _PredictsTen:
+    """A predictor that says 10 output tokens, whatever the truth."""
+
+    name = "ten"
+    p_e = 0.0
+
+    def predict(self, output, rng):
+        return np.full(len(output), 10, dtype=np.int64)
+
+    def perturb_bins(self, bins, k, rng):
+        return bins
+
+
+def test_memory_estimate_uses_predictions_never_true_lengths_of_queued_requests():
+    # 200 requests at t = 0 with prompt 100 and true output 900, predicted 10; η = 20,000, σ = 0.
+    # Before any completion Algorithm 1 only knows predictions: μ = 110 → b = 181 (and the batch
+    # overflows, which is the cost of a bad predictor). Once those complete, their true outputs
+    # give μ = 1000 → b = 20, so the remaining 19 go together.
+    from statistics import NormalDist
+
+    from simsched.batchers import memory_batch_limit
+
+    req = table(np.zeros(200), [100] * 200, [900] * 200)
+    theta = NormalDist().inv_cdf(0.99)
+    by_prediction = memory_batch_limit(110.0, 0.0, 20_000, theta)
+    assert (by_prediction, memory_batch_limit(1000.0, 0.0, 20_000, theta)) == (181, 20)
+    res = run_sim(req, Scheduler(DynamicBatcher(b_max=512, sla_aware=False)),
+                  gpus=Gpus(count=1, kv_capacity_tokens=20_000), predictor=_PredictsTen())
+    assert res.batches["size"].tolist() == [181, 19]
+
+
+def test_every_run_checks_conservation(monkeypatch):
+    from simsched.engines import run_to_completion as engine
+
+    seen = []
+    real = engine.check_conservation
+    monkeypatch.setattr(engine, "check_conservation", lambda res: seen.append(res) or real(res))
+    res = run_sim(burst(300), Scheduler(FixedBatcher(8)), horizon_s=10.0)
+    assert len(seen) == 1 and seen[0] is res
+
+
+@pytest.mark.parametrize("breakage", ["unknown status", "started before arrival", "finished before start",
+                                      "rejected without reason"])
+def test_conservation_check_catches_broken_results(breakage):
+    from simsched.engines.run_to_completion import check_conservation
+
+    req = table([0.0, 0.5, 1.0, 1.5], [1, 1, 1, 10**6], [10, 10, 10, 10])
+    res = run_sim(req, Scheduler(FixedBatcher(1)), gpus=Gpus(count=1, kv_capacity_tokens=1000))
+    check_conservation(res)                       # intact: passes
+    done = np.flatnonzero(res.status == COMPLETED)
+    if breakage == "unknown status":
+        res.status[0] = len(REASONS) + 1
+    elif breakage == "started before arrival":
+        res.start[done[1]] = req.arrival[done[1]] - 0.1
+    elif breakage == "finished before start":
+        res.finish[done[2]] = res.start[done[2]] - 0.1
+    else:
+        res.reason[res.status == REJECTED] = 0
+    with pytest.raises(AssertionError):
+        check_conservation(res)
