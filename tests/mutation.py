@@ -109,7 +109,7 @@ MUTANTS = [
            "if False:",
            "the conservation check no longer checks start >= arrival and finish >= start"),
     Mutant("arrival_before_completion_on_ties", ENGINE,
-           "t_next = t_fin if t_fin <= t_arr else t_arr", "t_next = t_fin if t_fin < t_arr else t_arr",
+           "if t_fin <= t_arr:", "if t_fin < t_arr:",
            "an arrival at the instant a batch completes is handled first (tie order broken)"),
     Mutant("round_robin_restarts_at_bin_0", ENGINE,
            "rr = k + 1", "rr = 0",
@@ -172,7 +172,7 @@ def run_suite(root: Path, timeout_s: float) -> tuple[str, str, float]:
     if proc.returncode == 0:
         return "passed", "", wall
     if proc.returncode == 1:
-        failed = re.search(r"^FAILED (\S+)", proc.stdout, re.M)
+        failed = re.search(r"^FAILED (.+?)(?: - |$)", proc.stdout, re.M)
         return "failed", failed.group(1) if failed else "?", wall
     raise RuntimeError(f"pytest could not run the suite (exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
 

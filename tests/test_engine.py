@@ -96,6 +96,12 @@ def test_simultaneous_events_break_ties_deterministically():
     res = run_sim(req, Scheduler(FixedBatcher(1)), latency=Affine(beta0_s=0.1, beta1_s=0.0),
                   gpus=Gpus(count=1))
     assert res.start.tolist() == [0.0, 1.0]
+    # ... and the completion is handled first: GPU 0 frees at t = 1 exactly when request 2 arrives,
+    # while GPU 1 has been free since t = 0.5; the lowest free id, 0, takes it.
+    req = table([0.0, 0.0, 1.0], [1, 1, 1], [10, 5, 10])
+    res = run_sim(req, Scheduler(FixedBatcher(1)), latency=Affine(beta0_s=0.1, beta1_s=0.0),
+                  gpus=Gpus(count=2))
+    assert res.gpu.tolist() == [0, 1, 0] and res.start.tolist() == [0.0, 0.0, 1.0]
 
 
 def test_bins_hold_exactly_their_predicted_range_open_ended():

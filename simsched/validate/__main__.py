@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(module.run(settings, out))
     meta = {"command": " ".join(["python -m simsched.validate", *map(shlex.quote, argv)]), "commit": _commit(),
             "date": now.strftime("%Y-%m-%d %H:%M"), "quick": args.quick, "replications": settings.replications,
-            "seed": args.seed, "checks": ",".join(map(str, args.check_ids)), "wall_s": time.perf_counter() - t0}
+            "seed": args.seed, "checks": ",".join(map(str, args.check_ids)), "jobs": args.jobs,
+            "wall_s": time.perf_counter() - t0}
     files = write_report(out, results, meta)
     for c in results:
         print(f"{'PASS' if c.passed else 'FAIL'}  {c.title}  ({c.judged - c.failures}/{c.judged}, {c.wall_s:.0f} s)")
