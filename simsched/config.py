@@ -19,7 +19,7 @@ from simsched.errors import ConfigError, SimschedError
 GROUP_COMPONENTS = {
     "scheduler": ["simsched.scheduler.Scheduler"],
     "latency_model": ["simsched.latency.SeedForm", "simsched.latency.Affine", "simsched.latency.StepTime",
-                      "simsched.calibration.Calibrated"],
+                      "simsched.calibration.Calibrated", "simsched.roofline.Roofline"],
     "predictor": ["simsched.predictor.Oracle", "simsched.predictor.Noisy"],
     "gpus": ["simsched.cluster.Gpus"],
     "workload": ["simsched.workloads.synthetic.SyntheticWorkload", "simsched.workloads.traces.BurstGPTTrace",
@@ -114,9 +114,15 @@ class SimschedConfig:
 
 
 def register_configs() -> None:
-    """Register the schemas with Hydra's ConfigStore (idempotent)."""
+    """Register the schemas with Hydra's ConfigStore, and the ``simsched.roofline_kv`` resolver
+    that ``gpus=roofline`` uses (idempotent)."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
+    from simsched.roofline import kv_capacity_resolver
+
+    if not OmegaConf.has_resolver("simsched.roofline_kv"):
+        OmegaConf.register_new_resolver("simsched.roofline_kv", kv_capacity_resolver)
     cs = ConfigStore.instance()
     cs.store(name="simsched_schema", node=SimschedConfig)
     for group, paths in GROUP_COMPONENTS.items():
@@ -131,10 +137,16 @@ def build(node: Any, key: str) -> Any:
     """Instantiate a config node; a component's ConfigError comes back with its dotted key."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
-    from omegaconf.errors import MissingMandatoryValue
+    from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
     try:
         return instantiate(node, _convert_="all")
+    except InterpolationResolutionError as exc:
+        # A resolver's own error (e.g. simsched.roofline_kv) already names its key.
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, SimschedError):
+            raise cause from None
+        raise
     except MissingMandatoryValue as exc:
         match = _FULL_KEY.search(str(exc))
         raise ConfigError(match.group(1) if match else key, "is required (no value given)") from None

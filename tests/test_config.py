@@ -31,10 +31,15 @@ def needs_user_value(group: str, option: str) -> bool:
     return any(OmegaConf.is_missing(node, k) for k in node.keys())
 
 
+# Options that read another group's values (gpus=roofline takes its KV capacity from the roofline).
+COMPANIONS = {("gpus", "roofline"): ["latency_model=roofline"]}
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)
                                           if not needs_user_value(g, o)])
 def test_every_option_composes_builds_and_runs(group, option):
-    cfg = cfg_with(f"{group}={option}", "workload.num_requests=300", "tracking=none")
+    cfg = cfg_with(f"{group}={option}", *COMPANIONS.get((group, option), []), "workload.num_requests=300",
+                   "tracking=none")
     comps = build_components(cfg)
     res, metrics, _ = simulate_config(cfg, comps)
     assert metrics["arrived"] == metrics["completed"] + metrics["rejected"] + metrics["unfinished"]
