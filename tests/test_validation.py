@@ -189,3 +189,12 @@ def test_check6_has_the_equal_bmax_static_baseline():
     c = c6.presets(preset, overrides)
     assert c.scheduler.batcher.batch_size == c6.presets("dynamic_no_bins", []).scheduler.batcher.b_max == 128
     assert not getattr(c.scheduler.batcher, "full_batches_only")
+
+
+def test_check5_replications_in_parallel_give_the_same_capacities():
+    from simsched.validate import sla_capacity as c5
+
+    settings = [c5.Setting(c5.SCHEDULERS[c5.DYNAMIC]), c5.Setting(c5.SCHEDULERS[c5.BASELINE], deadline_s=40.0)]
+    serial = c5.capacities(settings, 2_000, 2, 0, jobs=1)
+    assert c5.capacities(settings, 2_000, 2, 0, jobs=2) == serial
+    assert all(c == c and c > 0 for caps in serial for c in caps)
