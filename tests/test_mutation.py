@@ -2,6 +2,8 @@
 and the suite kills every one of them (slow: CI runs it)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 from mutation import MUTANTS, REPO, Mutant, MutantOutOfDate, check_mutant, format_outcomes, run_all
 
@@ -23,7 +25,7 @@ def test_a_mutant_whose_snippet_is_gone_fails_loudly():
 
 @pytest.mark.slow
 def test_the_suite_kills_every_mutant(tmp_path):
-    clean_s, outcomes = run_all(tmp_path)
+    clean_s, outcomes = run_all(tmp_path, jobs=min(4, os.cpu_count() or 1))
     report = format_outcomes(clean_s, outcomes)
     print(report)
     assert all(o.killed for o in outcomes), report
