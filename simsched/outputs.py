@@ -247,15 +247,17 @@ def plot_latency_cdf(path: Path, res: SimResult, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     done = res.status == 0
+    served = int(done.sum()) + int(np.sum(res.status == 2))   # unfinished ones never reach the curve
     lat = np.sort(res.finish[done] - res.requests.arrival[done])
     # The CDF through at most 2,000 of its points (first and last included): the same curve at
     # this size, without drawing a million-point line.
     rank = np.unique(np.linspace(0, len(lat) - 1, min(len(lat), 2000)).round().astype(np.int64))
     fig, ax = plt.subplots(figsize=(6, 4))
     if len(lat):
-        ax.plot(lat[rank], (rank + 1) / len(lat))
+        ax.plot(lat[rank], (rank + 1) / served)
     ax.set_xlabel("end-to-end latency (s)")
-    ax.set_ylabel("fraction of completed requests")
+    ax.set_ylabel("fraction of admitted requests completed" if served == len(lat)
+                  else f"fraction of admitted requests completed ({served - len(lat)} unfinished)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -270,16 +272,23 @@ def format_table(metrics: dict[str, Any], label: str = "") -> str:
         v = metrics.get(key)
         return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
 
+    lat = f"{f('latency_mean_s', '{:.2f}')} / {f('latency_p99_s', '{:.2f}')}"
+    if metrics.get("measured_unfinished"):
+        lat += f"  ({metrics['measured_unfinished']} unfinished, censored at the horizon: lower bounds)"
+    viol = f("sla_violation_rate", "{:.1%}")
+    if metrics.get("sla_undecided"):
+        viol += (f"  (known: {f('sla_violation_rate_known', '{:.1%}')}; {metrics['sla_undecided']} unfinished "
+                 "not yet late, counted as violations)")
     rows = [
         ("completed / rejected / unfinished",
          f"{metrics['completed']} / {metrics['rejected']} / {metrics['unfinished']}"),
         ("throughput (req/s)", f("throughput_rps", "{:.2f}")),
         ("goodput (req/s)", f("goodput_rps", "{:.2f}")),
-        ("latency mean / p99 (s)", f"{f('latency_mean_s', '{:.2f}')} / {f('latency_p99_s', '{:.2f}')}"),
-        ("SLA violation rate", f("sla_violation_rate", "{:.1%}")),
-        ("GPU utilisation", f("gpu_utilization", "{:.1%}")),
-        ("slot efficiency", f("slot_efficiency", "{:.1%}")),
-        ("offered load (cluster / scheduler)", f"{f('offered_load', '{:.2f}')} / {f('offered_load_scheduler', '{:.2f}')}"),
+        ("latency mean / p99 (s)", lat),
+        ("SLA violation rate", viol),
+        ("GPU utilisation / slot efficiency", f"{f('gpu_utilization', '{:.1%}')} / {f('slot_efficiency', '{:.1%}')}"),
+        ("offered load ρ = λ / μ_sat", f"{f('offered_load', '{:.2f}')}  (λ {f('arrival_rate_rps', '{:.2f}')}, "
+                                       f"μ_sat {f('saturation_throughput_rps', '{:.2f}')} req/s)"),
         ("mean batch size", f("mean_batch_size", "{:.1f}")),
     ]
     width = max(len(r[0]) for r in rows)

@@ -17,12 +17,13 @@ from simsched.config import build, check_settings
 from simsched.engines.continuous import ContinuousEngine, simulate_continuous
 from simsched.engines.continuous.simulate import prepare as prepare_continuous
 from simsched.engines.run_to_completion import SimResult, simulate
-from simsched.errors import ConfigError
+from simsched.errors import ConfigError, check_positive
 from simsched.metrics import Sla, Window, compute_metrics
 from simsched.outputs import (MARKER, format_table, plot_latency_cdf, write_marker, write_metrics,
                               write_serving_tables, write_tables)
 from simsched.scheduler import VllmScheduler
 from simsched.serving_metrics import compute_serving_metrics, format_serving_table
+from simsched.saturation import saturation_throughput
 from simsched.workloads.summary import format_summary, summarize
 
 
@@ -52,7 +53,8 @@ def build_components(cfg: DictConfig) -> Components:
     except ConfigError as exc:
         raise exc.under("sla") from None
     try:
-        window = Window(**OmegaConf.to_container(cfg.metrics))
+        window = Window(warmup_fraction=cfg.metrics.warmup_fraction)
+        check_positive("saturation_requests", cfg.metrics.saturation_requests, integer=True, allow_zero=True)
     except ConfigError as exc:
         raise exc.under("metrics") from None
     comps = Components(sla=sla, window=window, **parts)
@@ -73,7 +75,7 @@ def simulate_config(cfg: DictConfig, comps: Components | None = None) -> tuple[A
     ``SimResult`` or a ``ContinuousResult``), its metrics and components."""
     comps = comps or build_components(cfg)
     root = np.random.SeedSequence(int(cfg.seed))
-    workload_ss, sim_ss = root.spawn(2)
+    workload_ss, sim_ss, saturation_ss = root.spawn(3)
     wl_seed = getattr(comps.workload, "seed", None)
     wl_rng = np.random.default_rng(wl_seed if wl_seed is not None else workload_ss)
     t0 = time.perf_counter()
@@ -92,8 +94,10 @@ def simulate_config(cfg: DictConfig, comps: Components | None = None) -> tuple[A
                        np.random.default_rng(sim_ss), horizon_s=comps.engine.horizon_s,
                        release=comps.engine.release)
         t2 = time.perf_counter()
-        metrics = compute_metrics(res, comps.sla, comps.window, comps.latency_model,
-                                  comps.scheduler.batcher.max_batch)
+        mu_sat = saturation_throughput(requests, comps.scheduler, comps.latency_model, comps.gpus,
+                                       comps.predictor, np.random.default_rng(saturation_ss),
+                                       int(cfg.metrics.saturation_requests))
+        metrics = compute_metrics(res, comps.sla, comps.window, saturation_rps=mu_sat)
     metrics["workload_wall_s"] = t1 - t0
     metrics["sim_wall_s"] = t2 - t1
     metrics["sim_requests_per_s"] = len(requests) / (t2 - t1) if t2 > t1 else float("nan")

@@ -66,6 +66,7 @@ def test_same_seed_same_metrics(tmp_path):
     (["latency_model.beta_s=nan"], "latency_model.beta_s: must be finite"),
     (["gpus.kv_capacity_tokens=5"], "gpus.kv_capacity_tokens: is smaller than every request"),
     (["scheduler.k_bins=two"], "scheduler.k_bins: Value 'two'"),
+    (["metrics.saturation_requests=-1"], "metrics.saturation_requests: must be >= 0"),
     (["--multirun", "scheduler=static_fifo,nope"], "scheduler=nope: unknown option"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
