@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simsched.errors import check_positive
+from simsched.errors import check_positive, check_range
+
+# The engine keeps per-GPU state in Python lists: a million GPUs is already far past any cluster.
+MAX_GPUS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -16,6 +19,7 @@ class Gpus:
 
     def __post_init__(self) -> None:
         check_positive("count", self.count, integer=True)
+        check_range("count", self.count, 1, MAX_GPUS, "the engine's per-GPU state is Python lists")
         check_positive("kv_capacity_tokens", self.kv_capacity_tokens, integer=True)
         if self.memory_gib is not None:
             check_positive("memory_gib", self.memory_gib)
