@@ -83,7 +83,8 @@ def measure(scheduler: Scheduler, rate: float, n: int, seed: int, rep: int) -> d
     wait = res.first_scheduled - req.arrival
     done = (res.status == 0) & (res.output_emitted > 1)
     tpot = (res.finish - res.first_token)[done] / (res.output_emitted[done] - 1)
-    return {"tbt_p": float(np.percentile(tpot, PCT)) if len(tpot) else math.inf, "itl_p": _pct(res.itl_hist, PCT), "queue_p": float(np.nanpercentile(wait, PCT)),
+    return {"tbt_p": float(np.percentile(tpot, PCT)) if len(tpot) else math.inf,
+            "itl_p": _pct(res.itl_hist, PCT), "queue_p": float(np.nanpercentile(wait, PCT)),
             "running_mean": float(np.mean(res.timeseries["running"])) if len(res.timeseries["running"]) else 0.0}
 
 
@@ -108,7 +109,8 @@ def run(settings: Settings, out: Path) -> CheckResult:
     rows = [Row(name, "capacity (req/s)", None, caps[name]) for name in scheds]
     gains = {name: list(np.asarray(c) / base - 1.0) for name, c in caps.items() if name != BASELINE}
     for name, g in gains.items():
-        extra = {"paper": f"{PAPER[0]} → {PAPER[1]} req/s (+{PAPER[1] / PAPER[0] - 1:.0%})"} if name == DYNAMIC else {}
+        paper = f"{PAPER[0]} → {PAPER[1]} req/s (+{PAPER[1] / PAPER[0] - 1:.0%})"
+        extra = {"paper": paper} if name == DYNAMIC else {}
         rows.append(Row(f"{name} vs {BASELINE}", "capacity gain", None, g, extra=extra))
     g, h = mean_ci(gains[DYNAMIC])
     at = 1.5 * float(np.mean(caps[BASELINE]))
@@ -128,9 +130,10 @@ def run(settings: Settings, out: Path) -> CheckResult:
         f"figures, not a measurement. KV cache {KV_TOKENS:,} tokens (the same preset; it never binds here). "
         "Workload (assumed: REFERENCE §3 gives no lengths): Poisson arrivals, log-normal prompts (median "
         "400, σ 0.7, mean ≈ 510 tokens) and outputs (median 200, σ 0.7, mean ≈ 255 tokens), the same "
-        "requests at every λ per replication. SLA: the 95th percentile of per-request TBT (TPOT: (last token − first token) / (tokens − 1), the "
-        "paper's decode latency; single inter-token gaps include the prefill chunks sharing a step and are "
-        "reported, not judged) ≤ 50 ms and, "
+        "requests at every λ per replication. SLA: the 95th percentile of per-request TBT (TPOT: "
+        "(last token − first token) / (tokens − 1), the paper's decode latency; single inter-token gaps "
+        "include the prefill chunks sharing a step and are "
+        "not judged) ≤ 50 ms and, "
         f"as the explicit queueing bound, the 95th percentile of queueing delay ≤ {QUEUE_BOUND_S:g} s. "
         f"Capacity by bisection on λ (2% bracket), once per replication ({reps} replications, {n:,} "
         "requests). Schedulers: `static_fifo` (vLLM FCFS with max_num_seqs = B_max = 128, no SLA control: "
@@ -150,7 +153,8 @@ def run(settings: Settings, out: Path) -> CheckResult:
         "this engine prefill chunks share the decode steps, so the controller's observed step time includes "
         "them and it settles at a running batch well below (50 − 30)/0.22 = 91 (the mean running batch above); "
         "the static cap's p95 TBT crosses 50 ms not far below the load where the controller's queue passes "
-        "the bound, so the gain measured here is smaller than the paper's +22%. Further, the absolute capacities depend on the assumed lengths and prefill cost (the "
+        "the bound, so the gain measured here is smaller than the paper's +22%. Further, the absolute "
+        "capacities depend on the assumed lengths and prefill cost (the "
         "paper's traces and hardware are not reproduced), and Algorithm 2 as written stops moving once τ̄ "
         "is inside D ± ε_D, so it settles near the band's upper edge when it approaches from below "
         "(tests/test_continuous_policies.py): with ε_D = 5 ms a percentile-of-ITL SLA at exactly 50 ms is "

@@ -6,7 +6,9 @@ Reading guide, one module per concept, each naming the vLLM code it mirrors:
 - ``state``         the run's state as plain arrays (requests, replicas, KV pools, logs);
 - ``block_hash``    content hashes of KV blocks (prefix caching);
 - ``block_pool``    the paged KV cache: free queue, prefix-cache map, ``allocate_slots``;
-- ``waiting_queue`` the WAITING queue policies (fcfs, priority);
+- ``waiting_queue`` the WAITING queue policies (fcfs, priority; bins, lpm);
+- ``policies``      what each ``scheduler`` option means on this engine (order and batch cap);
+- ``controller``    Pang et al.'s controllers capping the running batch;
 - ``schedule``      step formation (``Scheduler.schedule``) into a plan;
 - ``update``        applying a step's output (``Scheduler.update_from_output``);
 - ``step_time``     how long a step takes (GPU step form, CPU time, async overlap);

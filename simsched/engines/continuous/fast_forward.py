@@ -37,7 +37,8 @@ from simsched.engines.continuous.schedule import log_event
 from simsched.engines.continuous.state import (C_EVENTS, C_JUMPED_STEPS, C_JUMPS, C_STEPS, COMPUTED, EV_COUNTS_SCHED,
                                               EV_COUNTS_UPDATE, EV_SCHEDULED, EV_STEP, EV_UPDATE, GPU, IDS, IN_FLIGHT, ITL_MAX, LF_TS_NEXT, MAX_TOKENS, N_FREE,
                                               N_OUT, NTOK, P_COUNT, P_HEAD, P_LEN, PF, PLACEHOLDERS, PLAN_F, PLAN_W,
-                                              POLICY_FCFS, POLICY_LPM, PROD, PROMPT, REP_END, REP_NEXT, ROW, ROW_N, RUN_LEN,
+                                              POLICY_FCFS, POLICY_LPM, PROD, PROMPT, REP_END, REP_NEXT, ROW, ROW_N,
+                                              RUN_LEN,
                                               STALE, STEPS, T_FIRST_TOKEN, T_LAST_TOKEN, T_SCHED, TICK, WQ_LEN)
 from simsched.engines.continuous.step_time import gpu_time, tick_length
 from simsched.engines.continuous.update import record_itl

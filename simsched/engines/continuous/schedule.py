@@ -37,8 +37,8 @@ from __future__ import annotations
 from simsched.engines.continuous.block_pool import allocate_running, allocate_waiting, find_cache_hit, free_row
 from simsched.engines.continuous.state import (ATTN, C_EVENTS, COMPUTED, CTX, DEC, EV_HIT, EV_PREEMPTED, EV_SCHEDULED,
                                               GPU, HIT_TOKENS, IDS, IN_FLIGHT, MAX_TOKENS, ORDER, N_OUT, N_PREEMPT, NTOK,
-                                              P_LEN, PF, PLACEHOLDERS, PLAN_F, PLAN_W, POLICY_LPM, POLICY_PRIORITY, PREEMPTED,
-                                              PRIORITY,
+                                              P_LEN, PF, PLACEHOLDERS, PLAN_F, PLAN_W, POLICY_LPM, POLICY_PRIORITY,
+                                              PREEMPTED, PRIORITY,
                                               PROD, PROMPT, ROW, RUN_LEN, RUNNING, STALE, STATUS, STEPS,
                                               T_FIRST_SCHED, T_SCHED, WQ_LEN)
 from simsched.engines.continuous.step_time import gpu_time
