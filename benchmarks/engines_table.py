@@ -14,11 +14,36 @@ from pathlib import Path
 import pandas as pd
 
 
+def grid_capacity(table: pd.DataFrame, rate_col: str, target: float = 0.05) -> pd.DataFrame:
+    """Capacity at ``target`` by linear interpolation of the mean violation rate between the
+    last grid λ within the target and the next one (what the sweep report does for λ grids)."""
+    rows = []
+    mean = table.groupby(["override.engine", "scheduler", rate_col])["sla_violation_rate"].mean()
+    for (eng, sch), v in mean.groupby(level=[0, 1]):
+        lam = v.index.get_level_values(2).to_numpy(dtype=float)
+        viol = v.to_numpy(dtype=float)
+        ok = viol <= target
+        if not ok[0]:
+            cap, bound = float("nan"), "="
+        elif ok.all():
+            cap, bound = lam[-1], ">="
+        else:
+            k = int(ok.argmin())
+            cap = lam[k - 1] + (target - viol[k - 1]) * (lam[k] - lam[k - 1]) / (viol[k] - viol[k - 1])
+            bound = "="
+        rows.append({"override.engine": eng, "scheduler": sch, "target": target, "capacity_rps": cap,
+                     "bound": bound})
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     sweep = Path(sys.argv[1])
-    caps = pd.read_csv(sweep / "capacity.csv")
     table = pd.read_csv(sweep / "summary.csv")
     rate_col = "lambda"
+    if table[rate_col].isna().all():        # a trace replay: the load is workload.target_rate
+        table[rate_col] = table["override.workload.target_rate"]
+    caps = (pd.read_csv(sweep / "capacity.csv") if (sweep / "capacity.csv").exists()
+            else grid_capacity(table, rate_col))
     ok = table.groupby(["override.engine", "scheduler", rate_col])["sla_violation_rate"].mean().reset_index()
     good = ok[ok["sla_violation_rate"] <= 0.05].groupby(rate_col)["scheduler"].count()
     n_series = ok.groupby(["override.engine", "scheduler"]).ngroups
