@@ -59,7 +59,8 @@ def assert_table_matches_children(sweep_dir: Path, children: list) -> pd.DataFra
 
 # --- named sweeps ------------------------------------------------------------------------------
 
-SWEEP_SIZES = {"compare": 9, "k_sensitivity": 12, "load": 48, "gpus": 24, "seeds": 10}
+SWEEP_SIZES = {"compare": 9, "k_sensitivity": 12, "load": 48, "gpus": 24, "seeds": 10, "engines": 128,
+               "engines_azure": 56}
 
 
 @pytest.fixture(scope="module")
