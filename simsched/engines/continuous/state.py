@@ -55,7 +55,8 @@ RUN_LEN, WQ_OFF, WQ_CAP, WQ_HEAD, WQ_LEN, REP_NEXT, REP_END, P_HEAD, P_COUNT, ST
 # admission sequence number; the exit heap's and the gap deque's extent.
 PC_NUM, PC_CNT = 13, 15
 N_C, DC, UC, ACT_LEN, SEQ_NEXT, HP_LEN, DQ_LEN = range(17, 24)
-N_SI = 24
+COOL = 24                             # steps left before decoders may join again (lazy_decode)
+N_SI = 25
 # Sched.sf columns (per replica): the next tick, then per plan slot (PLAN_W columns each) the
 # step's prefill tokens, decode sequences, context tokens, attention term, GPU time, and the
 # time it was scheduled.
