@@ -76,6 +76,7 @@ class SlaConfig:
 @dataclass
 class MetricsConfig:
     warmup_fraction: float = 0.1
+    saturation_requests: int = 20000
 
 
 @dataclass

@@ -20,6 +20,18 @@ from simsched.workloads import RequestTable  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _restore_tracking_uri():
+    """``mlflow.set_tracking_uri`` writes ``MLFLOW_TRACKING_URI`` into ``os.environ``: left
+    there, every later test's subprocess would track to that test's store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def run_sim(req, scheduler=None, latency=None, gpus=None, predictor=None, seed=0, **kw):
     return simulate(req, scheduler or Scheduler(DynamicBatcher()), latency or SeedForm(),
                     gpus or Gpus(), predictor or Oracle(), np.random.default_rng(seed), **kw)

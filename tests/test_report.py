@@ -11,11 +11,12 @@ import pytest
 import yaml
 
 from simsched.app import report
+from simsched.outputs import write_marker
 
 
 def fake_job(root: Path, num: int, *, scheduler: str, k: int, rate: float, gpus: int, seed: int,
              metrics: dict | None = None, error: str | None = None) -> None:
-    """A job folder as Hydra and simsched write it (config, overrides, metrics, requests)."""
+    """A job folder as Hydra and simsched write it (config, overrides, metrics, requests, done.json)."""
     d = root / str(num)
     (d / ".hydra").mkdir(parents=True)
     cfg = {"scheduler": {"name": scheduler, "k_bins": k}, "seed": seed,
@@ -37,6 +38,7 @@ def fake_job(root: Path, num: int, *, scheduler: str, k: int, rate: float, gpus:
     arrival = np.sort(rng.uniform(0, 10, 50))
     pd.DataFrame({"arrival": arrival, "completion": arrival + lat,
                   "status": pd.Categorical(["completed"] * 50)}).to_parquet(d / "requests.parquet")
+    write_marker(d, [d / "metrics.json", d / "requests.parquet"])   # complete, as a finished job is
 
 
 @pytest.fixture

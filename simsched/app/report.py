@@ -46,37 +46,67 @@ def _override_key(override: str) -> tuple[str, str]:
     return key.lstrip("+~"), value
 
 
-def job_row(job_dir: Path) -> dict[str, Any]:
-    """One job folder as a row: status, error, standard factors, overrides, metrics.json."""
-    from omegaconf import OmegaConf
-
+def job_row(job_dir: Path, overrides: list[str] | None = None, job: int | str | None = None) -> dict[str, Any]:
+    """One job folder as a row: status (``ok`` only when ``done.json`` vouches for every file),
+    error, standard factors, overrides, tracking state and (for ok jobs) ``metrics.json``.
+    ``overrides``: the job's overrides from ``jobs.json`` (for a job that never started)."""
+    from simsched.outputs import check_run_dir
+    from simsched.tracking_state import load_state
     from simsched.workloads.rates import arrival_rate
 
     hydra_dir = job_dir / ".hydra"
-    overrides = OmegaConf.to_container(OmegaConf.load(hydra_dir / "overrides.yaml")) \
-        if (hydra_dir / "overrides.yaml").is_file() else []
-    row: dict[str, Any] = {"job": int(job_dir.name) if job_dir.name.isdigit() else job_dir.name,
-                           "dir": str(job_dir), "status": "incomplete", "error": ""}
-    if (hydra_dir / "config.yaml").is_file():
-        cfg = OmegaConf.load(hydra_dir / "config.yaml")
+    if (hydra_dir / "overrides.yaml").is_file():
         try:
+            overrides = [str(o) for o in _load_yaml(hydra_dir / "overrides.yaml")]
+        except Exception:  # noqa: BLE001 - a damaged file: the check below says so
+            overrides = overrides or []
+    if job is None:
+        job = int(job_dir.name) if job_dir.name.isdigit() else job_dir.name
+    row: dict[str, Any] = {"job": job, "dir": str(job_dir), "status": "incomplete", "error": "", "tracking": ""}
+    if not job_dir.is_dir():
+        row["error"] = "not started"
+    else:
+        check = check_run_dir(job_dir)
+        row["status"], row["error"] = check.status, check.detail
+    tracked = False
+    if (hydra_dir / "config.yaml").is_file():
+        try:
+            cfg = _load_yaml(hydra_dir / "config.yaml")
+            tracked = cfg.get("tracking") is not None and "uri" in cfg["tracking"]
             row.update(factors_of(cfg, arrival_rate(cfg)))
         except Exception:  # noqa: BLE001 - e.g. an interpolation only Hydra can resolve
             pass
-    shown = [o for o in overrides if not _override_key(o)[0].startswith("hydra")]
-    row["overrides"] = " ".join(shown)
-    for o in shown:
+    row["overrides"] = _shown(overrides or [])
+    for o in row["overrides"].split():
         key, value = _override_key(o)
         if key not in COVERED:
             row[f"override.{key}"] = value
-    metrics_file, error_file = job_dir / "metrics.json", job_dir / "error.json"
-    if metrics_file.is_file():
-        row.update(json.loads(metrics_file.read_text()))
-        row["status"] = "ok"
-    if error_file.is_file():
-        row["status"] = "failed"
-        row["error"] = json.loads(error_file.read_text()).get("error", "")
+    state = load_state(job_dir) if job_dir.is_dir() else None
+    if state is None and tracked and row["status"] == "ok":
+        row["tracking"] = "pending: the job ended before it was logged"
+    if state is not None:
+        row["tracking"] = {"logged": "logged", "pending": "pending"}.get(
+            str(state.get("state")), f"failed: {state.get('error', '')}")
+        if state.get("run_id"):
+            row["run_id"] = state["run_id"]
+    if row["status"] == "ok":
+        try:
+            row.update(json.loads((job_dir / "metrics.json").read_text()))
+        except (OSError, ValueError):
+            row["status"], row["error"] = "corrupt", "metrics.json is unreadable"
     return row
+
+
+def _load_yaml(path: Path) -> Any:
+    """A YAML file as plain data (libyaml's loader: a tenth of ``OmegaConf.load``'s time), or as an
+    OmegaConf node when it holds interpolations, which only OmegaConf resolves."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    text = path.read_text()
+    if "${" in text:
+        return OmegaConf.load(path)
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def factors_of(cfg: Any, rate: float) -> dict[str, Any]:
@@ -91,15 +121,37 @@ def factors_of(cfg: Any, rate: float) -> dict[str, Any]:
 
 
 def collect(sweep_dir: Path) -> pd.DataFrame:
-    """The sweep's table, one row per job folder (a folder holding ``.hydra/overrides.yaml``)."""
+    """The sweep's table: one row per job folder found (a folder holding ``.hydra/overrides.yaml``)
+    and per job of ``jobs.json`` (the sweeper's list) that has no folder: it never started."""
     sweep_dir = Path(sweep_dir)
-    dirs = sorted({p.parent.parent for p in sweep_dir.rglob("overrides.yaml") if p.parent.name == ".hydra"},
-                  key=lambda d: (0, int(d.name)) if d.name.isdigit() else (1, d.name))
-    rows = [job_row(d) for d in dirs]
+    listed: dict[str, tuple[int, list[str]]] = {}
+    try:
+        for entry in json.loads((sweep_dir / "jobs.json").read_text()):
+            listed[_shown(entry["overrides"])] = (int(entry["job"]), [str(o) for o in entry["overrides"]])
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = {}
+    found = {p.parent.parent for p in sweep_dir.rglob("overrides.yaml") if p.parent.name == ".hydra"}
+    rows = []
+    for d in found:
+        row = job_row(d)
+        entry = listed.pop(row["overrides"], None)
+        if entry is not None and not isinstance(row["job"], int):
+            row["job"] = entry[0]
+        rows.append(row)
+    seen = {r["job"] for r in rows}
+    for num, overrides in listed.values():
+        if num not in seen:
+            rows.append(job_row(sweep_dir / str(num), overrides, num))
+    rows.sort(key=lambda r: (0, r["job"]) if isinstance(r["job"], int) else (1, str(r["job"])))
     table = pd.DataFrame(rows)
     if table.empty:
-        return pd.DataFrame(columns=["job", "dir", "status", "error", *FACTORS, "seed", "overrides"])
+        return pd.DataFrame(columns=["job", "dir", "status", "error", "tracking", *FACTORS, "seed", "overrides"])
     return table
+
+
+def _shown(overrides: list[str]) -> str:
+    """A job's overrides as the table shows them (Hydra's own left out)."""
+    return " ".join(str(o) for o in overrides if not _override_key(str(o))[0].startswith("hydra"))
 
 
 def from_mlflow(experiment: str, uri: str | None = None, parent: str | None = None,
@@ -109,18 +161,27 @@ def from_mlflow(experiment: str, uri: str | None = None, parent: str | None = No
     row's ``requests.parquet``."""
     import os
 
-    from mlflow.tracking import MlflowClient
-
     from simsched.errors import ConfigError
+    from simsched.tracking import TrackingError, absolute_uri, open_client
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    client = MlflowClient(uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
-    exp = client.get_experiment_by_name(experiment)
+    uri = absolute_uri(uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"), Path.cwd())
+    try:
+        client = open_client(uri, create=False)   # a read never creates a store
+    except TrackingError as exc:
+        raise ConfigError("--uri", f"{uri}: {exc}") from None
+
+    def read(call: Callable[[], Any]) -> Any:
+        """An MLflow read; a store that fails (a server that times out) is one line."""
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - MLflow's many error types
+            raise ConfigError("--uri", f"{uri}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
+
+    exp = read(lambda: client.get_experiment_by_name(experiment))
     if exp is None:
-        names = ", ".join(e.name for e in client.search_experiments())
+        names = ", ".join(e.name for e in read(client.search_experiments))
         raise ConfigError("--experiment", "no such MLflow experiment", experiment, names or "(none)")
-    runs = _search_all(client, exp.experiment_id, "")
+    runs = read(lambda: _search_all(client, exp.experiment_id, ""))
     parents = [r for r in runs if r.data.tags.get("simsched.kind") == "sweep"]
     if all_runs:
         chosen = [r for r in runs if r.data.tags.get("simsched.kind") not in ("sweep", "capacity")]
@@ -146,7 +207,9 @@ def from_mlflow(experiment: str, uri: str | None = None, parent: str | None = No
         t = r.data.tags
         rate = float(t["lambda"]) if t.get("lambda") else math.nan
         row = {"job": int(t.get("simsched.job", -1)), "dir": "", "run_id": r.info.run_id,
-               "status": "ok" if r.info.status == "FINISHED" else "failed", "error": t.get("error", ""),
+               "status": {"FINISHED": "ok", "FAILED": "failed"}.get(r.info.status, "incomplete"),
+               "error": t.get("error", "") or ("" if r.info.status in ("FINISHED", "FAILED")
+                                               else f"MLflow run is {r.info.status}"),
                "scheduler": t.get("scheduler", ""), "k_bins": int(t.get("k_bins") or 1), "lambda": rate,
                "gpus": int(t["gpus"]) if t.get("gpus") else None,
                "gpu_name": r.data.params.get("gpus.name", ""), "workload": t.get("workload", ""),
@@ -168,7 +231,16 @@ def from_mlflow(experiment: str, uri: str | None = None, parent: str | None = No
     else:
         table = pd.DataFrame(rows).sort_values("job", kind="stable").reset_index(drop=True)
 
+    run_dirs = {r.info.run_id: r.data.tags.get("simsched.run_dir", "") for r in chosen}
+
     def requests_of(row: pd.Series) -> Path | None:
+        """The run folder's table when it is on this machine and complete, else the logged
+        artifact (``tracking.log_tables=true``), else None."""
+        from simsched.outputs import check_run_dir
+
+        folder = Path(run_dirs.get(row["run_id"]) or "/nonexistent")
+        if (folder / "requests.parquet").is_file() and check_run_dir(folder).ok:
+            return folder / "requests.parquet"
         try:
             from mlflow.artifacts import download_artifacts
 
@@ -534,7 +606,7 @@ def write_plots(table: pd.DataFrame, out_dir: Path,
 
 def write_report(table: pd.DataFrame, table_dir: Path, plot_root: Path, *, print_table: bool = True,
                  requests_of: Callable[[pd.Series], Path | None] | None = None,
-                 baseline: str | None = None) -> list[Path]:
+                 baseline: str | None = None, plots: bool = True) -> list[Path]:
     """``summary.csv`` / ``summary.parquet`` (one row per job), ``summary_mean_ci.csv``,
     ``capacity.csv`` (when λ varies) and ``plots/``; prints the summary."""
     table_dir.mkdir(parents=True, exist_ok=True)
@@ -550,26 +622,31 @@ def write_report(table: pd.DataFrame, table_dir: Path, plot_root: Path, *, print
     if not caps.empty:
         caps.to_csv(table_dir / "capacity.csv", index=False)
         files.append(table_dir / "capacity.csv")
-    plots = plot_root / "plots"
+    plot_dir = plot_root / "plots"
+    written = []
     try:
-        written = write_plots(table, plots, requests_of)
+        written = write_plots(table, plot_dir, requests_of) if plots else []
     except Exception as exc:  # noqa: BLE001 - the tables are written; say why a plot is missing
         print(f"warning: plots not written ({type(exc).__name__}: {exc})", file=sys.stderr)
-        written = []
     if written:
-        files.append(plots)
+        files.append(plot_dir)
     if print_table:
         failed = table[table["status"] != "ok"] if not table.empty else table
         print(f"{len(table)} job(s), {len(failed)} not ok")
         for _, row in failed.iterrows():
             print(f"  job {row['job']}: {row['status']} {row['error']}")
+        untracked = table[_untracked(table)]
+        if len(untracked):
+            print(f"{len(untracked)} job(s) not logged to MLflow:")
+            for _, row in untracked.iterrows():
+                print(f"  job {row['job']}: {row['tracking']}")
         print(format_summary(agg))
         note = small_n_note(agg)
         if note:
             print(note, file=sys.stderr)
         for line in capacity_gains(caps, baseline):
             print(line)
-        print(f"tables in {table_dir}" + (f", plots in {plots}" if written else ""))
+        print(f"tables in {table_dir}" + (f", plots in {plot_dir}" if written else ""))
     return files
 
 
@@ -584,7 +661,9 @@ def _to_parquet(table: pd.DataFrame, path: Path) -> None:
     out.to_parquet(path, index=False)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Write the report; the exit status is 1 when a job is not ok (failed, unfinished, or its
+    files differ from what it wrote) or was not logged to MLflow, else 0."""
     parser = argparse.ArgumentParser(prog="python -m simsched.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", nargs="?", help="a multirun folder")
     parser.add_argument("--experiment", help="an MLflow experiment name (instead of a folder)")
@@ -614,6 +693,14 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError("--experiment", "the chosen sweep has no child runs", args.experiment)
         out = Path(args.out) if args.out else Path("report") / args.experiment
         write_report(table, out, out, requests_of=loader, baseline=args.baseline)
+    return int(bool((table["status"] != "ok").any() or _untracked(table).any()))
+
+
+def _untracked(table: pd.DataFrame) -> pd.Series:
+    """Rows whose MLflow logging failed or never finished."""
+    if "tracking" not in table:
+        return pd.Series(False, index=table.index)
+    return table["tracking"].astype(str).str.startswith(("failed", "pending"))
 
 
 def cli() -> None:
@@ -621,7 +708,8 @@ def cli() -> None:
     from simsched.errors import SimschedError
 
     try:
-        main()
+        code = main()
     except SimschedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
+    raise SystemExit(code)
