@@ -141,6 +141,10 @@ def compute_serving_metrics(res: ContinuousResult, sla: Sla, window: Window) -> 
     m["sim_ticks"] = c["ticks"]
     m["sim_jumps"] = c["jumps"]
     m["sim_steps_skipped_fraction"] = c["jumped_steps"] / c["steps"] if c["steps"] else 0.0
+    m["sim_cohort_steps"] = c.get("cohort_steps", 0)
+    m["sim_request_steps"] = c.get("request_steps", 0)
+    m["sim_fast_forwarded_fraction"] = (c.get("lazy_request_steps", 0) / c["request_steps"]
+                                        if c.get("request_steps") else 0.0)
     m["sim_ticks_per_request"] = c["ticks"] / len(req) if len(req) else math.nan
     m["sim_loop_s"] = c.get("loop_ms", 0) / 1000.0
     m["sim_loop_cpu_s"] = c.get("loop_cpu_ms", 0) / 1000.0
@@ -169,7 +173,7 @@ def format_serving_table(metrics: dict[str, Any], label: str = "") -> str:
         ("running / waiting per replica (mean)", f"{f('running_mean', '{:.1f}')} / {f('waiting_mean', '{:.1f}')}"),
         ("KV usage (mean), prefix hits", f"{f('kv_usage_mean', '{:.1%}')}, {f('prefix_hit_rate', '{:.1%}')}"),
         ("preemptions", str(metrics.get("preemptions", 0))),
-        ("steps skipped by fast-forward", f("sim_steps_skipped_fraction", "{:.1%}")),
+        ("request-steps fast-forwarded", f("sim_fast_forwarded_fraction", "{:.1%}")),
     ]
     width = max(len(r[0]) for r in rows)
     head = f"simsched {label}".rstrip()

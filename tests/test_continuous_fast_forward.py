@@ -1,4 +1,6 @@
-"""Exact decode fast-forward: jumping over runs of decode steps changes nothing.
+"""Exact decode fast-forward: advancing decoders as a cohort (``lazy_decode``, ordinary runs) or
+jumping over runs of decode steps (``fast_forward``, runs that record the step event log)
+changes nothing.
 
 Per-request results (status, outputs, preemptions, prefix hits, and every time: first
 scheduled, first token, finish, longest inter-token gap) must be identical within 1e-9 s
@@ -23,18 +25,30 @@ from simsched.workloads import RequestTable
 GOLDENS = sorted((Path(__file__).resolve().parent / "data" / "vllm").glob("*.json.gz"))
 
 
-def both(req, engine, hw):
-    a, _ = simulate_continuous(req, engine, STEP, hw)
-    b, _ = simulate_continuous(req, replace(engine, fast_forward=False), STEP, hw)
+def both(req, engine, hw, events=False):
+    a, _ = simulate_continuous(req, engine, STEP, hw, record_events=events)
+    b, _ = simulate_continuous(req, replace(engine, fast_forward=False), STEP, hw, record_events=events)
     return a, b
 
 
 @pytest.mark.parametrize("seed", range(12))
 def test_fast_forward_equals_step_by_step_on_random_workloads(seed):
+    """The decode cohort (the fast-forward of ordinary runs) changes no per-request result."""
     req, engine, hw = random_case(seed)
     a, b = both(req, engine, hw)
     assert differences(a, b) == []
+    assert a.counters["lazy_request_steps"] > 0 and b.counters["lazy_request_steps"] == 0
+    assert a.counters["request_steps"] == b.counters["request_steps"]
+
+
+@pytest.mark.parametrize("seed", range(0, 12, 2))
+def test_jumps_equal_step_by_step_on_random_workloads(seed):
+    """With the event log on (conformance), fast-forward jumps over decode runs instead."""
+    req, engine, hw = random_case(seed)
+    a, b = both(req, engine, hw, events=True)
+    assert differences(a, b) == []
     assert a.counters["jumped_steps"] > 0 and b.counters["jumped_steps"] == 0
+    assert a.counters["cohort_steps"] == 0
 
 
 def test_the_random_cases_preempt_and_share_prefixes():
@@ -68,7 +82,7 @@ def test_fast_forward_skips_most_steps_of_a_decode_heavy_run():
     engine = ContinuousEngine(max_num_batched_tokens=2048, max_num_seqs=64, num_gpu_blocks=4000, max_model_len=2048)
     a, b = both(req, engine, Hardware(2, 64000, "t", None))
     assert differences(a, b) == []
-    assert a.counters["jumped_steps"] / a.counters["steps"] > 0.5
+    assert a.counters["lazy_request_steps"] / a.counters["request_steps"] > 0.5
     assert a.counters["steps"] == b.counters["steps"]
 
 

@@ -1,5 +1,6 @@
 """The compiled loop (numba, no reference counting) and the plain Python loop are the same
-functions; they must agree bit for bit (I6). Slow: the first run compiles the kernel (about a
+functions; they must agree bit for bit (I6), with the step event log (fast-forward jumps) and
+without it (the decode cohort). Slow: the first run compiles the kernel (about a
 minute and a half on 2 cores; cached afterwards)."""
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ for seed in range(6):
     res, ev = simulate_continuous(req, replace(engine, steps_table=True), STEP, hw, record_events=True)
     out.append((res.status, res.first_scheduled, res.first_token, res.finish, res.itl_max, res.preemptions,
                 res.prefix_hit_tokens, res.timeseries, res.steps, res.itl_hist, ev))
+    # without the event log: the decode cohort (lazy_decode) instead of jumps
+    res, _ = simulate_continuous(req, replace(engine, steps_table=True), STEP, hw)
+    out.append((res.status, res.first_scheduled, res.first_token, res.finish, res.itl_max, res.preemptions,
+                res.prefix_hit_tokens, res.timeseries, res.steps, res.itl_hist, res.itl_sum,
+                res.counters["lazy_request_steps"]))
 sys.stdout.buffer.write(pickle.dumps(out))
 """
 

@@ -256,9 +256,10 @@ def fast_forward_conditions(seeds: range, step: StepTime = STEP) -> tuple[list[t
         a, _ = simulate_continuous(req, eng, step, hw)
         b, _ = simulate_continuous(req, replace(eng, fast_forward=False), step, hw)
         diffs = differences(a, b)
-        skipped.append(a.counters["jumped_steps"] / max(a.counters["steps"], 1))
+        skipped.append(a.counters["lazy_request_steps"] / max(a.counters["request_steps"], 1))
         out.append((f"random case {seed} ({len(req)} requests, {int(a.preemptions.sum())} preemptions, "
-                    f"{a.counters['jumped_steps']} of {a.counters['steps']} steps fast-forwarded): "
+                    f"{a.counters['lazy_request_steps']} of {a.counters['request_steps']} request-steps "
+                    "fast-forwarded): "
                     + ("identical" if not diffs else ", ".join(diffs)), not diffs))
     return out, float(np.mean(skipped))
 
@@ -300,12 +301,13 @@ def run(settings: Settings, out: Path) -> CheckResult:
         "scheduled (request, tokens) list, preemptions, prefix hits, finishes, free blocks and counts identical"
         + ("" if golden else " (no goldens found: a checkout has them)") + ". "
         "(e) Random workloads (both schedulers and policies, half of them with tiny KV pools that force "
-        "preemption, half with shared prefixes): identical per-request results with and without fast-forward.")
+        "preemption, half with shared prefixes): identical per-request results with and without fast-forward (there: the decode cohort, which advances "
+        "steady decoders together without per-request work).")
     discussion = (
-        f"Fast-forward skipped {skipped:.0%} of the steps of the random cases on average. A broken engine "
+        f"Fast-forward advanced {skipped:.0%} of the request-steps of the random cases on average. A broken engine "
         "fails these (tests/test_validation_continuous.py): a CPU time counted twice breaks (a); a time series "
         "that misses a request breaks (b); an idle tick between two requests breaks (c); victims taken from "
-        "the head instead of the tail break (d); a fast-forward that forgets one block boundary breaks (e).")
+        "the head instead of the tail break (d); a decode cohort that misreads its members' longest inter-token gap breaks (e).")
     return CheckResult("c7_continuous", "7. Continuous engine: closed forms, Little, M/G/1, vLLM goldens, "
                        "fast-forward", setup, rows, conditions=conditions, plots=[_plot(rows, out)],
                        discussion=discussion, wall_s=time.perf_counter() - t0)

@@ -60,7 +60,10 @@ class Result:
 
     @property
     def lines(self) -> list[str]:
-        return [line for line in self.stderr.splitlines() if line.strip()]
+        """stderr's lines, without the progress note a slow sweep check prints (``progress.Phase``:
+        "checking every configuration of the sweep ..." and "...: stopped in 4.8 s")."""
+        return [line for line in self.stderr.splitlines()
+                if line.strip() and not line.startswith("checking every configuration of the sweep")]
 
 
 def run(argv: list[str], cwd: Path, *, entry: str = "simsched", hide: tuple[str, ...] = (),

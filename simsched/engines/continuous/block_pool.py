@@ -22,7 +22,7 @@ moves (STYLE point 7), as ``allocate_slots`` does.
 from __future__ import annotations
 
 from simsched.engines.continuous.block_hash import ROOT, block_key
-from simsched.engines.continuous.state import (BHASH, COMPUTED, HITS, HT_MASK, HT_OFF, MAX_TOKENS, N_FREE, N_OUT,
+from simsched.engines.continuous.state import (BHASH, INTAB, COMPUTED, HITS, HT_MASK, HT_OFF, MAX_TOKENS, N_FREE, N_OUT,
                                               N_PREEMPT, NBLK, NXT, PROMPT, PRV, R_EMPTY, R_KV, R_MAX_LEN, REF, ROW,
                                               ROW_CACHED, ROW_HASH, ROW_N, ROW_TOP, TMP_A, TMP_B)
 from simsched.jit import jitable
@@ -122,7 +122,9 @@ def get_new_blocks(K, g, row, n):
         b = kb[head, NXT]
         fq_remove(kb, b)
         if kb[b, BHASH] != 0:
-            ht_remove(K, g, kb[b, BHASH], b)
+            if kb[b, INTAB] != 0:
+                ht_remove(K, g, kb[b, BHASH], b)
+                kb[b, INTAB] = 0
             kb[b, BHASH] = 0
         kb[b, REF] = 1
         K.tbl[row, K.rows[row, ROW_N]] = b
@@ -168,7 +170,9 @@ def free_row(K, g, row):
 @jitable(inline=True)
 def cache_blocks(P, Q, R, K, g, i, upto):
     """Cache request ``i``'s full blocks up to ``upto`` tokens, limited to its known tokens
-    (``cache_blocks``: ``num_full_blocks = min(num_tokens, num_hashed_tokens) // block_size``)."""
+    (``cache_blocks``: ``num_full_blocks = min(num_tokens, num_hashed_tokens) // block_size``).
+    A block of content unique to the request gets its hash now but enters the map only if the
+    request is preempted (``publish_own_blocks``)."""
     if P.caching:
         row = R.ri[i, ROW]
         first = K.rows[row, ROW_CACHED]
@@ -184,9 +188,24 @@ def cache_blocks(P, Q, R, K, g, i, upto):
                     key = block_key(key, i, j, prompt, P.block_size, P.hash_block_tokens, Q.hash_off, Q.hash_val)
                     b = K.tbl[row, j]
                     K.kb[b, BHASH] = key
-                    ht_insert(K, g, key, b)
+                    if key > 0:         # shared content: other requests may hit it now
+                        ht_insert(K, g, key, b)
+                        K.kb[b, INTAB] = 1
                 K.rows[row, ROW_CACHED] = n_full
                 K.rows[row, ROW_HASH] = key
+
+
+@jitable
+def publish_own_blocks(K, g, row):
+    """Put a preempted request's own (unique-content) block hashes into the prefix-cache map
+    before its blocks are freed: only it can hit them, and only after a preemption, so they
+    are entered then rather than when they fill (which saves a map insert and a removal per
+    block of every request that is never preempted; the map's answers are the same)."""
+    for j in range(K.rows[row, ROW_N]):
+        b = K.tbl[row, j]
+        if K.kb[b, BHASH] < 0 and K.kb[b, INTAB] == 0:
+            ht_insert(K, g, K.kb[b, BHASH], b)
+            K.kb[b, INTAB] = 1
 
 
 @jitable

@@ -34,7 +34,7 @@ import math
 from simsched.engines.continuous.block_pool import (admit_blocks_needed, cache_blocks, find_cache_hit, get_new_blocks,
                                                    never_fits)
 from simsched.engines.continuous.schedule import log_event
-from simsched.engines.continuous.state import (C_EVENTS, C_JUMPED_STEPS, C_JUMPS, C_STEPS, COMPUTED, EV_COUNTS_SCHED,
+from simsched.engines.continuous.state import (C_EVENTS, C_JUMPED_STEPS, C_LAZY_REQ_STEPS, C_REQ_STEPS, C_JUMPS, C_STEPS, COMPUTED, EV_COUNTS_SCHED,
                                               EV_COUNTS_UPDATE, EV_SCHEDULED, EV_STEP, EV_UPDATE, GPU, IDS, IN_FLIGHT, ITL_MAX, LF_TS_NEXT, MAX_TOKENS, N_FREE,
                                               N_OUT, NTOK, P_COUNT, P_HEAD, P_LEN, PF, PLACEHOLDERS, PLAN_F, PLAN_W,
                                               POLICY_FCFS, POLICY_LPM, PROD, PROMPT, REP_END, REP_NEXT, ROW, ROW_N,
@@ -321,4 +321,6 @@ def try_jump(P, Q, R, S, K, L, g, t):
     S.sf[g, TICK] = ti
     L.counters[C_JUMPS] += 1
     L.counters[C_JUMPED_STEPS] += m
+    L.counters[C_REQ_STEPS] += m * B
+    L.counters[C_LAZY_REQ_STEPS] += m * B
     return True

@@ -25,18 +25,19 @@ import math
 from simsched.engines.continuous.block_pool import never_fits
 from simsched.engines.continuous.controller import note_arrival, observe_step, remember_step
 from simsched.engines.continuous.fast_forward import try_jump
+from simsched.engines.continuous.lazy_decode import deque_room
 from simsched.engines.continuous.schedule import log_event, schedule, step_label
 from simsched.engines.continuous.state import (C_ARRIVAL_PTR, C_EVENTS, C_STEPS, C_TICKS, C_TS, EV_COUNTS_SCHED,
                                               DEC, EV_COUNTS_UPDATE, EV_STEP, EV_UPDATE, T_SCHED,
-                                              GPU, LF_TS_NEXT, N_FREE, NBLK, P_COUNT, P_HEAD, P_LEN, PF, PLAN_F, PLAN_W,
+                                              GPU, LF_TS_NEXT, N_FREE, NBLK, PC_CNT, PC_NUM, P_COUNT, P_HEAD, P_LEN, PF, PLAN_F, PLAN_W,
                                               REASON, REJECTED, REP_NEXT, REPLICA, RUN_LEN, STATUS, STEPS, TICK,
                                               WAITING, WQ_LEN)
 from simsched.engines.continuous.step_time import tick_length
-from simsched.engines.continuous.update import update_from_output
+from simsched.engines.continuous.update import cohort_update, update_from_output
 from simsched.engines.continuous.waiting_queue import wq_push_back
 from simsched.jit import jitable
 
-DONE, PAUSE_TS, PAUSE_STEPS, PAUSE_EVENTS, PAUSE_BUDGET = 0, 1, 2, 3, 4
+DONE, PAUSE_TS, PAUSE_STEPS, PAUSE_EVENTS, PAUSE_BUDGET, PAUSE_DEQUE = 0, 1, 2, 3, 4, 5
 
 
 @jitable
@@ -64,7 +65,7 @@ def record_step(S, K, L, g, t, dur, slot, n_pre, n_adm):
     L.steps[k, 0] = g
     L.steps[k, 1] = t
     L.steps[k, 2] = dur
-    L.steps[k, 3] = S.si[g, P_LEN + slot]
+    L.steps[k, 3] = S.si[g, P_LEN + slot] + (S.si[g, PC_CNT + slot] if S.si[g, PC_NUM + slot] > 0 else 0)
     L.steps[k, 4] = S.sf[g, base + PF]
     L.steps[k, 5] = S.sf[g, base + 1]
     L.steps[k, 6] = S.sf[g, base + 2]
@@ -85,6 +86,8 @@ def tick(P, Q, R, S, K, L, g, t):
         slot = S.si[g, P_HEAD]
         label = plan_label(P, S, g, slot, depth)
         update_from_output(P, Q, R, S, K, L, g, slot, t, label)
+        if P.lazy:
+            cohort_update(P, R, S, L, g, slot, t)
         if P.record_events:
             log_event(L, label, EV_UPDATE, g, K.ki[g, N_FREE])
             log_event(L, label, EV_COUNTS_UPDATE, S.si[g, RUN_LEN], S.si[g, WQ_LEN])
@@ -92,7 +95,7 @@ def tick(P, Q, R, S, K, L, g, t):
         S.si[g, P_COUNT] -= 1
     if P.ctl_on:
         observe_step(P, S, g)
-    if try_jump(P, Q, R, S, K, L, g, t):
+    if not P.lazy and try_jump(P, Q, R, S, K, L, g, t):   # the decode cohort supersedes jumps
         return
     count = S.si[g, P_COUNT]
     slot = S.si[g, P_HEAD] if count == 0 else 1 - S.si[g, P_HEAD]
@@ -106,8 +109,8 @@ def tick(P, Q, R, S, K, L, g, t):
     if count == 1:
         head = S.si[g, P_HEAD]
         in_flight = S.sf[g, PLAN_F + PLAN_W * head + GPU]
-        busy = S.si[g, P_LEN + head] > 0
-    if S.si[g, P_LEN + slot] == 0 and not busy:
+        busy = S.si[g, P_LEN + head] > 0 or S.si[g, PC_NUM + head] > 0
+    if S.si[g, P_LEN + slot] == 0 and S.si[g, PC_NUM + slot] == 0 and not busy:
         if S.si[g, RUN_LEN] == 0 and S.si[g, WQ_LEN] == 0:
             if P.record_steps:             # vLLM's last, empty schedule() before it waits
                 record_step(S, K, L, g, t, 0.0, slot, n_pre, n_adm)
@@ -184,5 +187,7 @@ def run_loop(P, Q, R, S, K, L, max_ticks):
             return PAUSE_EVENTS
         if budget <= 0:
             return PAUSE_BUDGET
+        if P.lazy and not deque_room(S, g):
+            return PAUSE_DEQUE
         budget -= 1
         tick(P, Q, R, S, K, L, g, t_tick)

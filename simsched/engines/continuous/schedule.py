@@ -34,12 +34,15 @@ decoding, LoRA limits, encoder inputs, KV connectors, pause states, Mamba alignm
 """
 from __future__ import annotations
 
-from simsched.engines.continuous.block_pool import allocate_running, allocate_waiting, find_cache_hit, free_row
-from simsched.engines.continuous.state import (ATTN, C_EVENTS, COMPUTED, CTX, DEC, EV_HIT, EV_PREEMPTED, EV_SCHEDULED,
-                                              GPU, HIT_TOKENS, IDS, IN_FLIGHT, MAX_TOKENS, ORDER, N_OUT, N_PREEMPT, NTOK,
-                                              P_LEN, PF, PLACEHOLDERS, PLAN_F, PLAN_W, POLICY_LPM, POLICY_PRIORITY,
-                                              PREEMPTED, PRIORITY,
-                                              PROD, PROMPT, ROW, RUN_LEN, RUNNING, STALE, STATUS, STEPS,
+from simsched.engines.continuous.block_pool import (allocate_running, allocate_waiting, find_cache_hit, free_row,
+                                                   publish_own_blocks)
+from simsched.engines.continuous.lazy_decode import cohort_running_pass
+from simsched.engines.continuous.state import (ACT_LEN, ATTN, C_EVENTS, C_LAZY_REQ_STEPS, C_REQ_STEPS, COMPUTED, CTX,
+                                              DEC, EV_HIT, EV_PREEMPTED, EV_SCHEDULED, GPU, HIT_TOKENS, IDS, IN_FLIGHT,
+                                              MAX_TOKENS, ORDER, N_OUT, N_PREEMPT, NTOK, P_LEN, PC_CNT, PC_NUM, PF,
+                                              PLACEHOLDERS, PLAN_F, PLAN_W, POLICY_FCFS, POLICY_LPM, POLICY_PRIORITY,
+                                              PREEMPTED, PRIORITY, PROD,
+                                              PROMPT, ROW, RUN_LEN, RUNNING, SEQ, SEQ_NEXT, STALE, STATUS, STEPS,
                                               T_FIRST_SCHED, T_SCHED, WQ_LEN)
 from simsched.engines.continuous.step_time import gpu_time
 from simsched.engines.continuous.controller import running_cap
@@ -71,6 +74,8 @@ def step_label(P, S, g, t):
 def preempt(P, Q, R, S, K, L, g, i, step):
     """``_preempt_request``: free the blocks, reset to 0 computed tokens, mark in-flight output
     as stale, and put the request at the front of WAITING."""
+    if P.caching:
+        publish_own_blocks(K, g, R.ri[i, ROW])
     free_row(K, g, R.ri[i, ROW])
     R.ri[i, ROW] = -1
     R.ri[i, STATUS] = PREEMPTED
@@ -111,6 +116,17 @@ def schedule(P, Q, R, S, K, L, g, t, slot):
     n = 0                                  # plan length
     n_pre = 0
     req_index = 0
+    dec = 0.0                              # the decode cohort's decodes and context (lazy_decode)
+    ctx = 0.0
+    if P.lazy:
+        n, used, ctx = cohort_running_pass(P, Q, R, S, K, L, g, slot, lpt)
+        if n >= 0:                         # the cohort step did the RUNNING pass
+            req_index = S.si[g, RUN_LEN]
+            budget -= used
+            dec = 1.0 * S.si[g, PC_CNT + slot]
+        else:
+            n = 0
+            ctx = 0.0
     while req_index < S.si[g, RUN_LEN] and budget > 0:
         i = S.run[g, req_index]
         prompt = Q.qi[i, PROMPT]
@@ -190,6 +206,11 @@ def schedule(P, Q, R, S, K, L, g, t, slot):
             wq_pop(P, Q, S, g)
             S.run[g, S.si[g, RUN_LEN]] = i
             S.si[g, RUN_LEN] += 1
+            if P.lazy:                     # running order = admission order (lazy_decode)
+                S.act[g, S.si[g, ACT_LEN]] = i
+                S.si[g, ACT_LEN] += 1
+                ri[i, SEQ] = S.si[g, SEQ_NEXT]
+                S.si[g, SEQ_NEXT] += 1
             ri[i, STATUS] = RUNNING
             ri[i, COMPUTED] = hit_tokens
             if ri[i, HIT_TOKENS] < 0:      # first admission (vLLM's prefill_stats)
@@ -204,11 +225,15 @@ def schedule(P, Q, R, S, K, L, g, t, slot):
             n_adm += 1
         for k in range(n_skip - 1, -1, -1):
             wq_push_front(P, Q, S, g, S.scratch[k])
+    if P.lazy and S.si[g, PC_NUM + slot] == 0:   # no cohort this step: every runner is explicit
+        for k in range(S.si[g, RUN_LEN]):
+            S.act[g, k] = S.run[g, k]
+        S.si[g, ACT_LEN] = S.si[g, RUN_LEN]
+    L.counters[C_REQ_STEPS] += n + int(dec)
+    L.counters[C_LAZY_REQ_STEPS] += int(dec)
 
     # _update_after_schedule, and the step's work for the step-time model.
     pf = 0.0
-    dec = 0.0
-    ctx = 0.0
     attn = 0.0
     for k in range(n):
         i = plan[g, slot, IDS, k]

@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 
 from simsched.engines.continuous import state as st
-from simsched.engines.continuous.loop import DONE, PAUSE_BUDGET, PAUSE_EVENTS, PAUSE_STEPS, PAUSE_TS, run_loop
+from simsched.engines.continuous.lazy_decode import leave_all
+from simsched.engines.continuous.loop import (DONE, PAUSE_BUDGET, PAUSE_DEQUE, PAUSE_EVENTS, PAUSE_STEPS, PAUSE_TS,
+                                             run_loop)
 from simsched.engines.continuous.options import ContinuousEngine
 from simsched.engines.continuous.policies import PolicySetup, check_policy, max_seqs_cap
 from simsched.engines.continuous.step_time import as_step_time
@@ -49,6 +51,7 @@ def build_params(engine: ContinuousEngine, step: StepTime, hw: Hardware, max_seq
         async_sched=bool(engine.async_scheduling), gate=bool(engine.full_sequence_gate),
         watermark_blocks=int(engine.watermark * res.num_gpu_blocks),
         fast_forward=bool(engine.fast_forward) and not ctl_on,   # the controllers watch every step
+        lazy=bool(engine.fast_forward and not record_events) and not ctl_on,
         unit_steps=bool(unit_steps), record_steps=bool(engine.steps_table), record_events=bool(record_events),
         hash_block_tokens=int(hash_block_tokens),
         c0=float(step.c0_s), c_pf=float(step.c_pf_s), c_dec=float(step.c_dec_s), c_ctx=float(step.c_ctx_s),
@@ -116,7 +119,12 @@ def simulate_continuous(requests: RequestTable, engine: ContinuousEngine, step: 
             if progress is not None:
                 progress(int(L.counters[st.C_ARRIVAL_PTR]), n)
             continue
+        if code == PAUSE_DEQUE:
+            S = st.grow_deque(S)
+            continue
         L = st.grow_log(L, code == PAUSE_TS, code == PAUSE_STEPS, code == PAUSE_EVENTS)
+    for g in range(G):      # members of a decode cohort left at a horizon become explicit
+        leave_all(P, Q, R, S, K, g)
     loop_s = time.perf_counter() - t0
     loop_cpu_s = time.process_time() - c0
     check_blocks(K, R)
@@ -203,7 +211,8 @@ def collect(requests: RequestTable, engine: ContinuousEngine, P: st.Params, R: s
                 steps[name] = steps[name].astype(np.int32 if name == "replica" else np.int64)
     c = L.counters
     counters = {"ticks": int(c[st.C_TICKS]), "jumps": int(c[st.C_JUMPS]), "jumped_steps": int(c[st.C_JUMPED_STEPS]),
-                "steps": int(S.si[:, st.STEPS].sum())}
+                "steps": int(S.si[:, st.STEPS].sum()), "cohort_steps": int(c[st.C_COHORT_STEPS]),
+                "request_steps": int(c[st.C_REQ_STEPS]), "lazy_request_steps": int(c[st.C_LAZY_REQ_STEPS])}
     res = ContinuousResult(
         requests=requests, status=status, reason=reason, replica=(np.arange(n) % G).astype(np.int32),
         first_scheduled=rf[:, st.T_FIRST_SCHED].copy(), first_token=rf[:, st.T_FIRST_TOKEN].copy(),

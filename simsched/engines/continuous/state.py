@@ -45,18 +45,32 @@ PROMPT, MAX_TOKENS, PRIORITY, ORDER, REPLICA, PRED, BIN = range(7)
 # RState.ri columns (vLLM Request fields: num_computed_tokens, num_output_tokens,
 # num_output_placeholders, num_in_flight_tokens, num_stale_output_tokens, num_preemptions).
 STATUS, COMPUTED, N_OUT, PLACEHOLDERS, IN_FLIGHT, STALE, N_PREEMPT, ROW, HIT_TOKENS, REASON = range(10)
+# ... and the decode cohort's (lazy_decode): membership, the cohort schedule count at joining,
+# the admission sequence number (running-list order), the position in its crossing bucket,
+# the cohort schedule count before which it must leave.
+COHORT, D0, SEQ, BK_POS, EXIT_D = range(10, 15)
+N_RI = 15
 # RState.rf columns.
 T_FIRST_SCHED, T_FIRST_TOKEN, T_LAST_TOKEN, ITL_MAX = range(4)
 # Sched.si columns (per replica).
 RUN_LEN, WQ_OFF, WQ_CAP, WQ_HEAD, WQ_LEN, REP_NEXT, REP_END, P_HEAD, P_COUNT, STEPS, P_LEN = range(11)
-N_SI = P_LEN + 2                      # P_LEN, P_LEN + 1: the two plans' lengths
+# P_LEN, P_LEN + 1: the two plans' lengths; then the decode cohort (lazy_decode): per plan slot
+# its cohort step number (0: none) and the members it still holds implicitly; the cohort's size,
+# schedules and updates so far; the active (non-member) running list's length; the next
+# admission sequence number; the exit heap's and the gap deque's extent.
+PC_NUM, PC_CNT = 13, 15
+N_C, DC, UC, ACT_LEN, SEQ_NEXT, HP_LEN, DQ_LEN = range(17, 24)
+COOL = 24                             # steps left before decoders may join again (lazy_decode)
+N_SI = 25
 # Sched.sf columns (per replica): the next tick, then per plan slot (PLAN_W columns each) the
 # step's prefill tokens, decode sequences, context tokens, attention term, GPU time, and the
 # time it was scheduled.
 TICK, PLAN_F = 0, 1
 PF, DEC, CTX, ATTN, GPU, T_SCHED = range(6)
 PLAN_W = 6
-N_SF = PLAN_F + 2 * PLAN_W
+# ... then the cohort's Σ(computed + 1) over its members and the time of its last update.
+CSUM, T_CLAST = PLAN_F + 2 * PLAN_W, PLAN_F + 2 * PLAN_W + 1
+N_SF = PLAN_F + 2 * PLAN_W + 2
 # Sched.ctl columns (per replica, Pang's controllers, ``controller``): the sums of prompts and
 # predicted outputs of arrived requests and of true outputs of finished ones (Algorithm 1's
 # moments), their counts, the last step's batch and length (Algorithm 2's observation).
@@ -65,7 +79,8 @@ N_CTL = 10
 # Sched.plan[g, slot, field, k].
 IDS, NTOK, PROD = range(3)
 # Pool.kb columns (per block, and the sentinels).
-NXT, PRV, REF, BHASH = range(4)
+# INTAB: the block's hash is in the prefix-cache map (see block_pool.cache_blocks).
+NXT, PRV, REF, BHASH, INTAB = range(5)
 # Pool.ki columns (per replica).
 BOFF, NBLK, N_FREE, HT_OFF, HT_MASK, ROW_TOP = range(6)
 # Pool.rows columns (per block-table row).
@@ -74,8 +89,9 @@ ROW_N, ROW_CACHED, ROW_HASH = range(3)
 HITS, TMP_A, TMP_B = range(3)
 
 # Log.counters.
-C_ARRIVAL_PTR, C_TICKS, C_JUMPS, C_JUMPED_STEPS, C_TS, C_STEPS, C_EVENTS = range(7)
-N_COUNTERS = 7
+C_ARRIVAL_PTR, C_TICKS, C_JUMPS, C_JUMPED_STEPS, C_TS, C_STEPS, C_EVENTS, C_COHORT_STEPS, C_REQ_STEPS, \
+    C_LAZY_REQ_STEPS = range(10)
+N_COUNTERS = 10
 # Log.lf: the next time-series sample, Σ ITL, number of ITLs.
 LF_TS_NEXT, LF_ITL_SUM, LF_ITL_N = range(3)
 # Log.ts columns, Log.steps columns, Log.ev columns.
@@ -108,6 +124,7 @@ Params = namedtuple("Params", [
     "gate",               # full_sequence_gate (scheduler_reserve_full_isl)
     "watermark_blocks",   # int(watermark * num_gpu_blocks)
     "fast_forward",
+    "lazy",               # the decode cohort (lazy_decode) is on
     "unit_steps",         # conformance mode: every step lasts 1 (time = step index)
     "record_steps",       # steps table
     "record_events",      # step event log (conformance)
@@ -123,7 +140,8 @@ Params = namedtuple("Params", [
 
 Reqs = namedtuple("Reqs", ["qi", "arrival", "hash_off", "hash_val"])
 RState = namedtuple("RState", ["ri", "rf"])
-Sched = namedtuple("Sched", ["si", "sf", "run", "plan", "wq", "rep_reqs", "scratch", "ctl", "sla"])
+Sched = namedtuple("Sched", ["si", "sf", "run", "plan", "wq", "rep_reqs", "scratch", "ctl", "sla",
+                             "act", "bk", "bk_len", "hp", "jn", "jn_len", "dq_u", "dq_g"])
 Pool = namedtuple("Pool", ["kb", "ki", "ht", "tbl", "rows", "row_stack", "scratch"])
 Log = namedtuple("Log", ["counters", "lf", "ts", "steps", "ev", "itl_hist"])
 
@@ -142,7 +160,7 @@ def new_reqs(arrival, prompt, max_tokens, priority, order, replica, hash_off, ha
 
 
 def new_rstate(n: int) -> RState:
-    ri = np.zeros((n, 10), dtype=np.int64)
+    ri = np.zeros((n, N_RI), dtype=np.int64)
     ri[:, STATUS] = NOT_ARRIVED
     ri[:, ROW] = -1
     ri[:, HIT_TOKENS] = -1
@@ -184,7 +202,25 @@ def new_sched(replica: np.ndarray, num_replicas: int, max_seqs: int, policy: int
                  plan=np.zeros((G, 2, 3, S), dtype=np.int64), wq=np.zeros(int(size.sum()), dtype=np.int64),
                  rep_reqs=np.argsort(replica, kind="stable").astype(np.int64),
                  scratch=np.zeros(3 * S + block_size + 2 + 2 * LPM_MAX, dtype=np.int64),
-                 ctl=np.zeros((G, N_CTL)), sla=sla)
+                 ctl=np.zeros((G, N_CTL)), sla=sla,
+                 act=np.zeros((G, S), dtype=np.int64), bk=np.zeros((G, block_size, S), dtype=np.int64),
+                 bk_len=np.zeros((G, block_size), dtype=np.int64), hp=np.zeros((G, 4 * S + 4, 2), dtype=np.int64),
+                 jn=np.zeros((G, 3, S), dtype=np.int64), jn_len=np.zeros((G, 3), dtype=np.int64),
+                 dq_u=np.zeros((G, DQ_START), dtype=np.int64), dq_g=np.zeros((G, DQ_START)))
+
+
+DQ_START = 256
+
+
+def grow_deque(S: Sched) -> Sched:
+    """A copy of ``S`` with the cohort's gap deques twice as long (the loop pauses when one is
+    nearly full)."""
+    G, C = S.dq_u.shape
+    dq_u = np.zeros((G, 2 * C), dtype=np.int64)
+    dq_g = np.zeros((G, 2 * C))
+    dq_u[:, :C] = S.dq_u
+    dq_g[:, :C] = S.dq_g
+    return S._replace(dq_u=dq_u, dq_g=dq_g)
 
 
 def new_pool(blocks_per_replica: np.ndarray, max_seqs: int, max_blocks: int) -> Pool:
@@ -194,7 +230,7 @@ def new_pool(blocks_per_replica: np.ndarray, max_seqs: int, max_blocks: int) -> 
     nblk = np.asarray(blocks_per_replica, dtype=np.int64)
     total = int(nblk.sum())
     boff = np.concatenate(([0], np.cumsum(nblk)[:-1])).astype(np.int64)
-    kb = np.zeros((total + 2 * G, 4), dtype=np.int64)
+    kb = np.zeros((total + 2 * G, 5), dtype=np.int64)
     kb[:, NXT] = -1
     kb[:, PRV] = -1
     for g in range(G):

@@ -16,8 +16,9 @@ import math
 
 from simsched.engines.continuous.block_pool import cache_blocks, free_row
 from simsched.engines.continuous.controller import note_done
+from simsched.engines.continuous.lazy_decode import deque_push
 from simsched.engines.continuous.schedule import log_event
-from simsched.engines.continuous.state import (COMPUTED, EV_FINISHED, FINISHED, IDS, IN_FLIGHT, ITL_BINS, ITL_LO,
+from simsched.engines.continuous.state import (ACT_LEN, COMPUTED, PC_CNT, PC_NUM, T_CLAST, UC, EV_FINISHED, FINISHED, IDS, IN_FLIGHT, ITL_BINS, ITL_LO,
                                               ITL_MAX, ITL_PER_OCTAVE, LF_ITL_N, LF_ITL_SUM, MAX_TOKENS, N_OUT,
                                               NTOK, P_LEN, PLACEHOLDERS, PROD, PROMPT, ROW, RUN_LEN, RUNNING,
                                               STALE, STATUS, T_FIRST_TOKEN, T_LAST_TOKEN)
@@ -98,4 +99,37 @@ def update_from_output(P, Q, R, S, K, L, g, slot, t, step):
                 S.run[g, w] = r
                 w += 1
         S.si[g, RUN_LEN] = w
+        if P.lazy:
+            w = 0
+            for k in range(S.si[g, ACT_LEN]):
+                r = S.act[g, k]
+                if ri[r, STATUS] != FINISHED:
+                    S.act[g, w] = r
+                    w += 1
+            S.si[g, ACT_LEN] = w
     return n_fin
+
+
+@jitable
+def cohort_update(P, R, S, L, g, slot, t):
+    """The cohort's share of ``update_from_output`` for plan ``slot``: one token for each member
+    it holds, emitted at ``t``."""
+    num = S.si[g, PC_NUM + slot]
+    if num == 0:
+        return
+    S.si[g, UC] = num
+    first = S.jn_len[g, slot]
+    for k in range(first):                 # members whose previous token was their own
+        i = S.jn[g, slot, k]
+        gap = t - R.rf[i, T_LAST_TOKEN]
+        if gap > R.rf[i, ITL_MAX]:
+            R.rf[i, ITL_MAX] = gap
+        record_itl(L, gap, 1.0)
+    common = S.si[g, PC_CNT + slot] - first
+    if common > 0:
+        gap = t - S.sf[g, T_CLAST]
+        record_itl(L, gap, 1.0 * common)
+        deque_push(S, g, num, gap)
+    S.sf[g, T_CLAST] = t
+    S.si[g, PC_NUM + slot] = 0
+    S.jn_len[g, slot] = 0
