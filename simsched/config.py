@@ -24,6 +24,7 @@ GROUP_COMPONENTS = {
                       "simsched.calibration.Calibrated", "simsched.roofline.Roofline"],
     "predictor": ["simsched.predictor.Oracle", "simsched.predictor.Noisy"],
     "gpus": ["simsched.cluster.Gpus"],
+    "router": ["simsched.engines.continuous.routing.Router"],
     "workload": ["simsched.workloads.synthetic.SyntheticWorkload", "simsched.workloads.traces.BurstGPTTrace",
                  "simsched.workloads.traces.AzureTrace", "simsched.workloads.mooncake.MooncakeTrace"],
     "tracking": ["simsched.tracking.MlflowTracker", "simsched.tracking.NullTracker"],
@@ -105,6 +106,7 @@ class SimschedConfig:
     sla: SlaConfig = field(default_factory=SlaConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     engine: Any = None
+    router: Any = None
     output: OutputConfig = field(default_factory=OutputConfig)
 
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from simsched.config import build
 from simsched.engines.continuous import ContinuousEngine, simulate_continuous
+from simsched.engines.continuous.routing import ROUND_ROBIN_ROUTER
 from simsched.engines.continuous.simulate import prepare as prepare_continuous
 from simsched.engines.run_to_completion import SimResult, simulate
 from simsched.errors import ConfigError
@@ -34,6 +35,7 @@ class Components:
     latency_model: Any
     predictor: Any
     gpus: Any
+    router: Any
     sla: Sla
     window: Window
 
@@ -42,6 +44,7 @@ def build_components(cfg: DictConfig) -> Components:
     """Instantiate every group; a bad value, or groups that do not go together (a scheduler
     or latency model the engine cannot run), raises ConfigError naming its dotted key."""
     parts = {g: build(cfg[g], g) for g in ("engine", "scheduler", "workload", "latency_model", "predictor", "gpus")}
+    parts["router"] = build(cfg.router, "router") if cfg.get("router") is not None else ROUND_ROBIN_ROUTER
     try:
         sla = Sla(**OmegaConf.to_container(cfg.sla))
     except ConfigError as exc:
@@ -53,6 +56,9 @@ def build_components(cfg: DictConfig) -> Components:
     comps = Components(sla=sla, window=window, **parts)
     if is_continuous(comps):
         prepare_continuous(comps.engine, comps.scheduler, comps.latency_model, comps.gpus)
+    elif comps.router.name != "round_robin":
+        raise ConfigError("router", "routes arrivals on engine=continuous only (run_to_completion dispatches "
+                          "each batch to the first free GPU)", comps.router.name, allowed="round_robin")
     elif isinstance(comps.scheduler, VllmScheduler):
         raise ConfigError("scheduler", "vllm is vLLM's own scheduler and runs only on engine=continuous",
                           "vllm", allowed="static_fifo, dynamic_no_bins, multi_bin_dynamic, multi_bin_static")
@@ -76,7 +82,11 @@ def simulate_config(cfg: DictConfig, comps: Components | None = None) -> tuple[A
     t1 = time.perf_counter()
     if is_continuous(comps):
         step, hardware, cap = prepare_continuous(comps.engine, comps.scheduler, comps.latency_model, comps.gpus)
-        res, _ = simulate_continuous(requests, comps.engine, step, hardware, cap)
+        predicted = None
+        if comps.router.name in ("least_tokens", "bin_affine"):
+            predicted = comps.predictor.predict(requests.output, np.random.default_rng(sim_ss))
+        res, _ = simulate_continuous(requests, comps.engine, step, hardware, cap, router=comps.router,
+                                     predicted=predicted)
         t2 = time.perf_counter()
         metrics = compute_serving_metrics(res, comps.sla, comps.window)
     else:
@@ -121,6 +131,7 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
         "workload": str(cfg.workload.get("name", "")),
         "lambda": "" if rate != rate else f"{rate:g}",
         "gpus": str(cfg.gpus.get("count", "")),
+        "router": str(cfg.router.get("name", "")) if cfg.get("router") is not None else "",
         "seed": str(cfg.seed),
         "git_commit": git_commit(),
     }

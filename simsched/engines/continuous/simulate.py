@@ -11,6 +11,7 @@ import numpy as np
 from simsched.engines.continuous import state as st
 from simsched.engines.continuous.loop import DONE, PAUSE_BUDGET, PAUSE_EVENTS, PAUSE_STEPS, PAUSE_TS, run_loop
 from simsched.engines.continuous.options import ContinuousEngine
+from simsched.engines.continuous.routing import ROUND_ROBIN_ROUTER, Router, new_router
 from simsched.engines.continuous.step_time import as_step_time
 from simsched.engines.continuous.result import (COMPLETED, NOT_ARRIVED, REASONS, REJECTED, UNFINISHED,
                                                 ContinuousResult, check_invariants)
@@ -32,7 +33,8 @@ class Hardware:
 
 
 def build_params(engine: ContinuousEngine, step: StepTime, hw: Hardware, max_seqs_cap: int | None,
-                 hash_block_tokens: int, unit_steps: bool = False, record_events: bool = False) -> st.Params:
+                 hash_block_tokens: int, unit_steps: bool = False, record_events: bool = False,
+                 router: Router = ROUND_ROBIN_ROUTER) -> st.Params:
     res = engine.resolved(hw.name, hw.memory_gib, hw.kv_capacity_tokens, max_seqs_cap)
     cpu = step.cpu_s if engine.step_cpu_s is None else engine.step_cpu_s
     return st.Params(
@@ -48,24 +50,38 @@ def build_params(engine: ContinuousEngine, step: StepTime, hw: Hardware, max_seq
         c_attn=float(step.c_attn_s), cpu=float(cpu),
         horizon=math.inf if engine.horizon_s is None else float(engine.horizon_s),
         ts_interval=math.inf if unit_steps else float(engine.timeseries_interval_s),
+        route_bound=route_bound(router, bool(engine.steps_table) or record_events),
     )
+
+
+def route_bound(router: Router, records: bool) -> int:
+    """How far fast-forward may carry a replica past arrivals (``state.Params``): a router that
+    reads request counts needs 1, one that reads the KV pool 2; so does any state-reading
+    router when steps or events are recorded (a jumped step's waiting count would otherwise
+    miss arrivals the router sends to the replica during the jump)."""
+    if not router.reads_state:
+        return 0
+    return 2 if router.reads_pool or records else 1
 
 
 def simulate_continuous(requests: RequestTable, engine: ContinuousEngine, step: StepTime, hw: Hardware,
                         max_seqs_cap: int | None = None, *, unit_steps: bool = False,
                         record_events: bool = False, serve_max_tokens: bool = True,
-                        progress=None) -> tuple[ContinuousResult, dict[str, np.ndarray] | None]:
+                        progress=None, router: Router = ROUND_ROBIN_ROUTER,
+                        predicted: np.ndarray | None = None) -> tuple[ContinuousResult, dict[str, np.ndarray] | None]:
     """Run one simulation. ``unit_steps``: step-conformance mode (arrival times are engine
     iterations, every step lasts 1). ``record_events``: also return the per-step event log
     (see ``state.EV_*``). ``serve_max_tokens``: a request's max_tokens is capped at
     ``max_model_len - prompt`` before it reaches the engine, as ``vllm serve`` does
     (``get_max_tokens``); off, the engine core stops it at ``max_model_len`` itself (the
     goldens drive the engine core directly). ``progress(done, total)`` is called between
-    loop slices."""
+    loop slices. ``router`` routes arrivals (``routing``); ``predicted``: the predicted output
+    length of each request, which some routers read (never the true one)."""
     n = len(requests)
     G = int(hw.replicas)
     hb = engine.hash_block_tokens or requests.hash_block_tokens or engine.block_size
-    P = build_params(engine, step, hw, max_seqs_cap, hb, unit_steps, record_events)
+    P = build_params(engine, step, hw, max_seqs_cap, hb, unit_steps, record_events, router)
+    X = new_router(router, G, predicted, None, engine.max_model_len)
     blocks = engine.resolved(hw.name, hw.memory_gib, hw.kv_capacity_tokens, max_seqs_cap).num_gpu_blocks
     if requests.hash_offsets is not None:
         hash_off, hash_val = requests.hash_offsets, requests.hash_values
@@ -79,7 +95,9 @@ def simulate_continuous(requests: RequestTable, engine: ContinuousEngine, step: 
         requests.priority if requests.priority is not None else np.zeros(n, dtype=np.int64),
         np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64) % G, hash_off, hash_val)
     R = st.new_rstate(n)
-    S = st.new_sched(Q.qi[:, st.REPLICA], G, P.max_seqs, P.policy, P.block_size)
+    S = st.new_sched(Q.qi[:, st.REPLICA], G, P.max_seqs, P.policy, P.block_size, router.reads_state)
+    if router.reads_state:
+        Q.qi[:, st.REPLICA] = -1         # set by the router at arrival (-1: never routed)
     max_blocks = min(-(-engine.max_model_len // engine.block_size), blocks)
     K = st.new_pool(np.full(G, blocks, dtype=np.int64), P.max_seqs, max_blocks)
     span = float(requests.arrival[-1] - requests.arrival[0]) if n else 0.0
@@ -95,7 +113,7 @@ def simulate_continuous(requests: RequestTable, engine: ContinuousEngine, step: 
     per_call = TICKS_PER_CALL if progress is None else max(1000, 4 * n // 100)
     while True:
         with quiet_compile():
-            code = loop(P, Q, R, S, K, L, per_call)
+            code = loop(P, Q, R, S, K, L, X, per_call)
         if code == DONE:
             break
         if code == PAUSE_BUDGET:
@@ -106,7 +124,7 @@ def simulate_continuous(requests: RequestTable, engine: ContinuousEngine, step: 
     loop_s = time.perf_counter() - t0
     loop_cpu_s = time.process_time() - c0
     check_blocks(K, R)
-    res = collect(requests, engine, P, R, S, L, G, blocks)
+    res = collect(requests, engine, P, R, S, L, G, blocks, Q.qi[:, st.REPLICA])
     check_invariants(res, np.minimum(requests.output, np.maximum(engine.max_model_len - requests.prompt, 0)))
     res.counters["loop_ms"] = int(round(loop_s * 1000))
     res.counters["loop_cpu_ms"] = int(round(loop_cpu_s * 1000))
@@ -149,7 +167,7 @@ def check_blocks(K: st.Pool, R: st.RState) -> None:
 
 
 def collect(requests: RequestTable, engine: ContinuousEngine, P: st.Params, R: st.RState, S: st.Sched,
-            L: st.Log, G: int, blocks: int) -> ContinuousResult:
+            L: st.Log, G: int, blocks: int, replica: np.ndarray) -> ContinuousResult:
     n = len(requests)
     ri, rf = R.ri, R.rf
     status = np.full(n, UNFINISHED, dtype=np.int8)
@@ -187,7 +205,7 @@ def collect(requests: RequestTable, engine: ContinuousEngine, P: st.Params, R: s
     counters = {"ticks": int(c[st.C_TICKS]), "jumps": int(c[st.C_JUMPS]), "jumped_steps": int(c[st.C_JUMPED_STEPS]),
                 "steps": int(S.si[:, st.STEPS].sum())}
     res = ContinuousResult(
-        requests=requests, status=status, reason=reason, replica=(np.arange(n) % G).astype(np.int32),
+        requests=requests, status=status, reason=reason, replica=replica.astype(np.int32),
         first_scheduled=rf[:, st.T_FIRST_SCHED].copy(), first_token=rf[:, st.T_FIRST_TOKEN].copy(),
         finish=np.where(done, last, np.nan), itl_max=np.where(n_out > 1, rf[:, st.ITL_MAX], np.nan),
         output_emitted=n_out, preemptions=ri[:, st.N_PREEMPT].copy(), prefix_hit_tokens=ri[:, st.HIT_TOKENS].copy(),

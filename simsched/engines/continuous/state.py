@@ -39,12 +39,15 @@ R_KV, R_MAX_LEN, R_EMPTY = 1, 2, 3
 PROMPT, MAX_TOKENS, PRIORITY, ORDER, REPLICA = range(5)
 # RState.ri columns (vLLM Request fields: num_computed_tokens, num_output_tokens,
 # num_output_placeholders, num_in_flight_tokens, num_stale_output_tokens, num_preemptions).
-STATUS, COMPUTED, N_OUT, PLACEHOLDERS, IN_FLIGHT, STALE, N_PREEMPT, ROW, HIT_TOKENS, REASON = range(10)
+# ROUTED_TOK: what the router counts for the request while it is outstanding (routing.py).
+STATUS, COMPUTED, N_OUT, PLACEHOLDERS, IN_FLIGHT, STALE, N_PREEMPT, ROW, HIT_TOKENS, REASON, ROUTED_TOK = range(11)
 # RState.rf columns.
 T_FIRST_SCHED, T_FIRST_TOKEN, T_LAST_TOKEN, ITL_MAX = range(4)
 # Sched.si columns (per replica).
+# OUT_TOK: the routed tokens of the replica's unfinished requests (the least_tokens router).
 RUN_LEN, WQ_OFF, WQ_CAP, WQ_HEAD, WQ_LEN, REP_NEXT, REP_END, P_HEAD, P_COUNT, STEPS, P_LEN = range(11)
-N_SI = P_LEN + 2                      # P_LEN, P_LEN + 1: the two plans' lengths
+OUT_TOK = P_LEN + 2                   # P_LEN, P_LEN + 1: the two plans' lengths
+N_SI = OUT_TOK + 1
 # Sched.sf columns (per replica): the next tick, then per plan slot (PLAN_W columns each) the
 # step's prefill tokens, decode sequences, context tokens, attention term, GPU time, and the
 # time it was scheduled.
@@ -104,6 +107,10 @@ Params = namedtuple("Params", [
     "hash_block_tokens",  # tokens per workload hash id
     "c0", "c_pf", "c_dec", "c_ctx", "c_attn", "cpu",   # step time (StepTime) and CPU per step
     "horizon",            # inf: none
+    "route_bound",        # 0: the router reads no state (round robin): a jump stops at the replica's
+                          # own next arrival; 1: it reads request counts: a jump stops at any next
+                          # arrival where it would stop at its own; 2: it reads the KV pool: a jump
+                          # always stops at the next arrival
     "ts_interval",        # time-series sampling period (inf: off)
 ])
 
@@ -123,7 +130,7 @@ def new_reqs(arrival, prompt, max_tokens, priority, order, replica, hash_off, ha
 
 
 def new_rstate(n: int) -> RState:
-    ri = np.zeros((n, 10), dtype=np.int64)
+    ri = np.zeros((n, 11), dtype=np.int64)
     ri[:, STATUS] = NOT_ARRIVED
     ri[:, ROW] = -1
     ri[:, HIT_TOKENS] = -1
@@ -138,10 +145,15 @@ def scratch_layout(max_seqs: int, block_size: int) -> tuple[int, int, int, int]:
     return 0, S + 1, 2 * S + 1, 3 * S + 1
 
 
-def new_sched(replica: np.ndarray, num_replicas: int, max_seqs: int, policy: int, block_size: int) -> Sched:
-    """Queues sized for every request a replica can receive (its ring or heap never grows)."""
+def new_sched(replica: np.ndarray, num_replicas: int, max_seqs: int, policy: int, block_size: int,
+              routed_live: bool = False) -> Sched:
+    """Queues sized for every request a replica can receive (its ring or heap never grows).
+    ``routed_live``: the router picks replicas at arrival, so every queue can take every
+    request and no replica knows its coming arrivals (empty ``rep_reqs`` ranges)."""
     G, S = num_replicas, max_seqs
     counts = np.bincount(replica, minlength=G).astype(np.int64)
+    if routed_live:
+        counts = np.full(G, len(replica), dtype=np.int64)
     if policy == POLICY_FCFS:   # a ring buffer: capacity a power of two
         cap = np.array([1 << int(max(c, 1)).bit_length() for c in counts], dtype=np.int64)
     else:
@@ -152,11 +164,15 @@ def new_sched(replica: np.ndarray, num_replicas: int, max_seqs: int, policy: int
     rep_off = np.concatenate(([0], np.cumsum(counts)))
     si[:, REP_NEXT] = rep_off[:-1]
     si[:, REP_END] = rep_off[1:]
+    if routed_live:
+        si[:, REP_NEXT] = 0
+        si[:, REP_END] = 0
     sf = np.zeros((G, N_SF))
     sf[:, TICK] = np.inf
     return Sched(si=si, sf=sf, run=np.zeros((G, S), dtype=np.int64),
                  plan=np.zeros((G, 2, 3, S), dtype=np.int64), wq=np.zeros(int(cap.sum()), dtype=np.int64),
-                 rep_reqs=np.argsort(replica, kind="stable").astype(np.int64),
+                 rep_reqs=(np.zeros(0, dtype=np.int64) if routed_live
+                           else np.argsort(replica, kind="stable").astype(np.int64)),
                  scratch=np.zeros(3 * S + block_size + 2, dtype=np.int64))
 
 
