@@ -56,6 +56,7 @@ def build_components(cfg: DictConfig) -> Components:
     comps = Components(sla=sla, window=window, **parts)
     if is_continuous(comps):
         prepare_continuous(comps.engine, comps.scheduler, comps.latency_model, comps.gpus)
+        check_router(comps.router, comps.gpus)
     elif comps.router.name != "round_robin":
         raise ConfigError("router", "routes arrivals on engine=continuous only (run_to_completion dispatches "
                           "each batch to the first free GPU)", comps.router.name, allowed="round_robin")
@@ -63,6 +64,13 @@ def build_components(cfg: DictConfig) -> Components:
         raise ConfigError("scheduler", "vllm is vLLM's own scheduler and runs only on engine=continuous",
                           "vllm", allowed="static_fifo, dynamic_no_bins, multi_bin_dynamic, multi_bin_static")
     return comps
+
+
+def check_router(router: Any, gpus: Any) -> None:
+    """A router's settings against the fleet (one-line errors naming the key)."""
+    if router.name == "bin_affine" and router.k_bins > gpus.count:
+        raise ConfigError("router.k_bins", f"must be at most the number of replicas (gpus.count = {gpus.count})",
+                          router.k_bins)
 
 
 def is_continuous(comps: Components) -> bool:
