@@ -57,6 +57,8 @@ def build_components(cfg: DictConfig) -> Components:
     if is_continuous(comps):
         prepare_continuous(comps.engine, comps.scheduler, comps.latency_model, comps.gpus)
         check_router(comps.router, comps.gpus)
+    elif getattr(comps.gpus, "pools", None):
+        raise ConfigError("gpus.pools", "heterogeneous pools run on engine=continuous only")
     elif comps.router.name != "round_robin":
         raise ConfigError("router", "routes arrivals on engine=continuous only (run_to_completion dispatches "
                           "each batch to the first free GPU)", comps.router.name, allowed="round_robin")

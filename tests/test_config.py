@@ -12,7 +12,7 @@ from simsched.errors import ConfigError
 from simsched.run import build_components, simulate_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ["engine", "scheduler", "workload", "latency_model", "predictor", "gpus", "tracking"]
+GROUPS = ["engine", "scheduler", "workload", "latency_model", "predictor", "gpus", "tracking", "router"]
 
 
 def options(group: str) -> list[str]:
@@ -32,7 +32,10 @@ def needs_user_value(group: str, option: str) -> bool:
 
 
 # Options that read another group's values (gpus=roofline takes its KV capacity from the roofline).
-COMPANIONS = {("gpus", "roofline"): ["latency_model=roofline"], ("scheduler", "vllm"): ["engine=continuous"]}
+COMPANIONS = {("gpus", "roofline"): ["latency_model=roofline"], ("scheduler", "vllm"): ["engine=continuous"],
+              ("gpus", "mixed"): ["engine=continuous"],
+              **{("router", r): ["engine=continuous"] for r in ("jsq", "least_tokens", "kv_aware", "bin_affine",
+                                                               "prefix_affinity")}}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)

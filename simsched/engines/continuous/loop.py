@@ -147,8 +147,9 @@ def sample(S, K, L, at):
 
 
 @jitable
-def run_loop(P, Q, R, S, K, L, X, max_ticks):
-    """Advance the simulation until it is done (DONE) or must pause (PAUSE_*)."""
+def run_loop(P, Q, R, S, K, L, X, F, max_ticks):
+    """Advance the simulation until it is done (DONE) or must pause (PAUSE_*). Replica g
+    ticks with the settings of its pool, ``F.params[F.pool[g]]`` (``fleet``)."""
     c = L.counters
     n = len(Q.arrival)
     G = len(S.si)
@@ -184,4 +185,4 @@ def run_loop(P, Q, R, S, K, L, X, max_ticks):
         if budget <= 0:
             return PAUSE_BUDGET
         budget -= 1
-        tick(P, Q, R, S, K, L, g, t_tick)
+        tick(F.params[F.pool[g]], Q, R, S, K, L, g, t_tick)

@@ -10,6 +10,7 @@ import numpy as np
 
 from simsched.engines.continuous import state as st
 from simsched.engines.continuous.loop import DONE, PAUSE_BUDGET, PAUSE_EVENTS, PAUSE_STEPS, PAUSE_TS, run_loop
+from simsched.engines.continuous.fleet import Fleet, PoolSpec, relative_speeds
 from simsched.engines.continuous.options import ContinuousEngine
 from simsched.engines.continuous.routing import ROUND_ROBIN_ROUTER, Router, check_books, new_router
 from simsched.engines.continuous.step_time import as_step_time
@@ -24,12 +25,13 @@ TICKS_PER_CALL = 1 << 40
 
 @dataclass(frozen=True)
 class Hardware:
-    """What the engine needs to know of a replica's GPU."""
+    """What the engine needs to know of the replicas' GPUs."""
 
     replicas: int
     kv_capacity_tokens: int
     name: str = ""
     memory_gib: float | None = None
+    pools: tuple[PoolSpec, ...] = ()   # a heterogeneous fleet (``fleet``); empty: one pool of the above
 
 
 def build_params(engine: ContinuousEngine, step: StepTime, hw: Hardware, max_seqs_cap: int | None,
@@ -78,11 +80,21 @@ def simulate_continuous(requests: RequestTable, engine: ContinuousEngine, step: 
     loop slices. ``router`` routes arrivals (``routing``); ``predicted``: the predicted output
     length of each request, which some routers read (never the true one)."""
     n = len(requests)
-    G = int(hw.replicas)
     hb = engine.hash_block_tokens or requests.hash_block_tokens or engine.block_size
-    P = build_params(engine, step, hw, max_seqs_cap, hb, unit_steps, record_events, router)
-    X = new_router(router, G, predicted, None, engine.max_model_len)
-    blocks = engine.resolved(hw.name, hw.memory_gib, hw.kv_capacity_tokens, max_seqs_cap).num_gpu_blocks
+    pools = hw.pools or (PoolSpec(hw.name, hw, step),)
+    params = tuple(build_params(engine, p.step, p.hw, max_seqs_cap, hb, unit_steps, record_events, router)
+                   for p in pools)
+    P = params[0]                      # the settings every pool shares come from here
+    pool_blocks = [engine.resolved(p.hw.name, p.hw.memory_gib, p.hw.kv_capacity_tokens, max_seqs_cap).num_gpu_blocks
+                   for p in pools]
+    counts = [int(p.hw.replicas) for p in pools]
+    pool_of = np.repeat(np.arange(len(pools), dtype=np.int64), counts)
+    G = len(pool_of)
+    F = Fleet(pool=pool_of, params=params)
+    speed = relative_speeds([p.step for p in pools])[pool_of]
+    X = new_router(router, G, predicted, speed, engine.max_model_len)
+    blocks = max(pool_blocks)
+    max_seqs = max(q.max_seqs for q in params)
     if requests.hash_offsets is not None:
         hash_off, hash_val = requests.hash_offsets, requests.hash_values
     else:
@@ -95,11 +107,11 @@ def simulate_continuous(requests: RequestTable, engine: ContinuousEngine, step: 
         requests.priority if requests.priority is not None else np.zeros(n, dtype=np.int64),
         np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64) % G, hash_off, hash_val)
     R = st.new_rstate(n)
-    S = st.new_sched(Q.qi[:, st.REPLICA], G, P.max_seqs, P.policy, P.block_size, router.reads_state)
+    S = st.new_sched(Q.qi[:, st.REPLICA], G, max_seqs, P.policy, P.block_size, router.reads_state)
     if router.reads_state:
         Q.qi[:, st.REPLICA] = -1         # set by the router at arrival (-1: never routed)
     max_blocks = min(-(-engine.max_model_len // engine.block_size), blocks)
-    K = st.new_pool(np.full(G, blocks, dtype=np.int64), P.max_seqs, max_blocks)
+    K = st.new_pool(np.repeat(np.array(pool_blocks, dtype=np.int64), counts), max_seqs, max_blocks)
     span = float(requests.arrival[-1] - requests.arrival[0]) if n else 0.0
     ts_cap = G * (int(span / P.ts_interval) + 64) if math.isfinite(P.ts_interval) else 0
     L = st.new_log(ts_cap, 1024 if P.record_steps else 0, 4096 if record_events else 0)
@@ -113,7 +125,7 @@ def simulate_continuous(requests: RequestTable, engine: ContinuousEngine, step: 
     per_call = TICKS_PER_CALL if progress is None else max(1000, 4 * n // 100)
     while True:
         with quiet_compile():
-            code = loop(P, Q, R, S, K, L, X, per_call)
+            code = loop(P, Q, R, S, K, L, X, F, per_call)
         if code == DONE:
             break
         if code == PAUSE_BUDGET:
@@ -125,7 +137,15 @@ def simulate_continuous(requests: RequestTable, engine: ContinuousEngine, step: 
     loop_cpu_s = time.process_time() - c0
     check_blocks(K, R)
     check_books(S.si, R.ri, Q.qi[:, st.REPLICA])
-    res = collect(requests, engine, P, R, S, L, G, blocks, Q.qi[:, st.REPLICA])
+    res = collect(requests, engine, P, R, S, L, G, pool_blocks[0], Q.qi[:, st.REPLICA])
+    if hw.pools:
+        res.pool_names = tuple(p.name for p in pools)
+        res.pool_of_replica = pool_of.astype(np.int32)
+        res.settings["pools"] = {p.name: {"replicas": int(p.hw.replicas), "num_gpu_blocks": int(b),
+                                          "max_num_seqs": int(q.max_seqs), "max_num_batched_tokens": int(q.max_batched),
+                                          "relative_speed": float(sp)}
+                                 for p, b, q, sp in zip(pools, pool_blocks, params,
+                                                        relative_speeds([p.step for p in pools]))}
     check_invariants(res, np.minimum(requests.output, np.maximum(engine.max_model_len - requests.prompt, 0)))
     res.counters["loop_ms"] = int(round(loop_s * 1000))
     res.counters["loop_cpu_ms"] = int(round(loop_cpu_s * 1000))
@@ -246,6 +266,45 @@ def prepare(engine: ContinuousEngine, scheduler: Any, latency_model: Any, gpus: 
 
         spec = GPUS.get(str(gpus.name).lower())
         memory = spec.memory_gib if spec is not None else None
+    if getattr(gpus, "pools", None):
+        pools = tuple(pool_spec(k, pool, latency_model, step, engine, cap) for k, pool in enumerate(gpus.pools))
+        hw = Hardware(sum(p.hw.replicas for p in pools), pools[0].hw.kv_capacity_tokens, pools[0].hw.name,
+                      pools[0].hw.memory_gib, pools)
+        return pools[0].step, hw, cap
     hw = Hardware(int(gpus.count), int(gpus.kv_capacity_tokens), str(gpus.name), memory)
     engine.resolved(hw.name, hw.memory_gib, hw.kv_capacity_tokens, cap)   # vLLM's start-up checks
     return step, hw, cap
+
+
+def pool_spec(k: int, pool: dict[str, Any], latency_model: Any, step: StepTime, engine: ContinuousEngine,
+              cap: int | None) -> PoolSpec:
+    """One pool of ``gpus.pools``: a ``gpu`` preset takes the roofline latency model to that GPU
+    (same model, parallelism and efficiencies), giving its step time and, unless the pool sets
+    ``kv_capacity_tokens``, its KV capacity; without one the pool uses the latency model as is."""
+    from dataclasses import replace
+
+    from simsched.errors import ConfigError
+    from simsched.roofline import GPUS, Roofline
+
+    where = f"gpus.pools[{k}]"
+    kv = pool["kv_capacity_tokens"]
+    memory = pool["memory_gib"]
+    name = str(pool["name"])
+    if pool["gpu"] is not None:
+        gpu = str(pool["gpu"]).lower()
+        if not isinstance(latency_model, Roofline):
+            raise ConfigError(f"{where}.gpu", "a pool's gpu preset needs latency_model=roofline", pool["gpu"])
+        try:
+            model = replace(latency_model, gpu=gpu)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.gpu", exc.message, pool["gpu"]) from None
+        step = model.step_model
+        kv = model.kv_capacity_tokens if kv is None else kv
+        memory = GPUS[gpu].memory_gib if memory is None else memory
+        name = gpu
+    hw = Hardware(int(pool["count"]), int(kv), name, memory)
+    try:
+        engine.resolved(hw.name, hw.memory_gib, hw.kv_capacity_tokens, cap)   # vLLM's start-up checks
+    except ConfigError as exc:
+        raise ConfigError(where, exc.message, exc.value, exc.allowed) from None
+    return PoolSpec(str(pool["name"]), hw, step)
