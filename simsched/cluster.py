@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from simsched.errors import ConfigError, check_positive
+from simsched.errors import ConfigError, check_positive, check_range
 
+# The engine keeps per-GPU state in Python lists: a million GPUs is already far past any cluster.
+MAX_GPUS = 1_000_000
 POOL_KEYS = ("name", "count", "gpu", "kv_capacity_tokens", "memory_gib")
 
 
@@ -24,6 +26,7 @@ class Gpus:
             object.__setattr__(self, "pools", check_pools(self.pools))
             object.__setattr__(self, "count", sum(p["count"] for p in self.pools))
         check_positive("count", self.count, integer=True)
+        check_range("count", self.count, 1, MAX_GPUS, "the engine's per-GPU state is Python lists")
         check_positive("kv_capacity_tokens", self.kv_capacity_tokens, integer=True)
         if self.memory_gib is not None:
             check_positive("memory_gib", self.memory_gib)

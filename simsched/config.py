@@ -4,31 +4,25 @@ Each config group option's YAML names a component with ``_target_`` and lists a 
 defaults; the schemas are generated from the components' own dataclasses, so a field's name and
 type are written once. Types are checked by OmegaConf while composing; values by the
 component's ``__post_init__``, whose ConfigError is re-raised here with the full dotted key.
+
+Nothing in a config is imported or called before it is checked: every ``_target_`` against its
+slot (``simsched.registry``), then every key against the fields of the component it configures,
+so a misspelt key added with ``+`` is an error before the run, never silently ignored.
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-from simsched.errors import ConfigError, SimschedError
+from simsched.errors import ConfigError, SimschedError, check_positive
+from simsched.registry import GROUPS, SLOTS, check_target
 
-GROUP_COMPONENTS = {
-    "engine": ["simsched.engines.run_to_completion_options.RunToCompletionEngine",
-               "simsched.engines.continuous.options.ContinuousEngine"],
-    "scheduler": ["simsched.scheduler.Scheduler", "simsched.scheduler.VllmScheduler"],
-    "latency_model": ["simsched.latency.SeedForm", "simsched.latency.Affine", "simsched.latency.StepTime",
-                      "simsched.calibration.Calibrated", "simsched.roofline.Roofline"],
-    "predictor": ["simsched.predictor.Oracle", "simsched.predictor.Noisy"],
-    "gpus": ["simsched.cluster.Gpus"],
-    "router": ["simsched.engines.continuous.routing.Router"],
-    "workload": ["simsched.workloads.synthetic.SyntheticWorkload", "simsched.workloads.traces.BurstGPTTrace",
-                 "simsched.workloads.traces.AzureTrace", "simsched.workloads.mooncake.MooncakeTrace"],
-    "tracking": ["simsched.tracking.MlflowTracker", "simsched.tracking.NullTracker"],
-}
+GROUP_COMPONENTS = {group: list(SLOTS[group].builtins) for group in GROUPS}
 
 
 def _locate(path: str) -> type:
@@ -82,6 +76,7 @@ class SlaConfig:
 @dataclass
 class MetricsConfig:
     warmup_fraction: float = 0.1
+    saturation_requests: int = 20000
 
 
 @dataclass
@@ -136,14 +131,96 @@ def per_gpu_rate(rate: float, *, _root_: Any) -> float:
 
 
 _FULL_KEY = re.compile(r"full_key:\s*(\S+)")
+_SETTINGS = {"sla": SlaConfig, "metrics": MetricsConfig, "output": OutputConfig}
+
+
+def check_settings(cfg: Any) -> None:
+    """The parts of a run's config outside the component groups: no unknown key anywhere at the
+    top or in ``sla``/``metrics``/``output`` (``+sed=5`` would otherwise be ignored),
+    and a seed numpy accepts (an integer >= 0)."""
+    known = [f.name for f in dataclasses.fields(SimschedConfig)]
+    for key in cfg.keys():
+        if key not in known and key != "hydra":
+            raise ConfigError(str(key), "no such key", allowed=", ".join(known))
+    for name, schema in _SETTINGS.items():
+        node = cfg.get(name)
+        fields = [f.name for f in dataclasses.fields(schema)]
+        for key in (node.keys() if node is not None else ()):
+            if key not in fields:
+                raise ConfigError(f"{name}.{key}", "no such key", allowed=", ".join(fields))
+    check_positive("seed", cfg.seed, integer=True, allow_zero=True)
+
+
+def _plain(node: Any, key: str) -> Any:
+    """A config node as plain dicts and lists, interpolations resolved (mandatory ``???`` kept)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not OmegaConf.is_config(node):
+        return node
+    try:
+        return OmegaConf.to_container(node, resolve=True)
+    except OmegaConfBaseException as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, SimschedError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:   # a resolver's own error (simsched.roofline_kv) names its key
+            raise cause from None
+        match = _FULL_KEY.search(str(exc))
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(match.group(1) if match else key, first) from None
+
+
+def check_targets(data: Any, path: str) -> None:
+    """Every ``_target_`` in a plain config tree must be allowed at its path, and every slot
+    (``SLOTS``) below it must hold a component; raises before anything is imported."""
+    if isinstance(data, dict):
+        if "_target_" in data:
+            check_target(path, data["_target_"])
+        elif path in SLOTS:
+            raise ConfigError(f"{path}._target_", "is required (the component to build)")
+        for key, value in data.items():
+            sub = f"{path}.{key}"
+            if sub in SLOTS and not isinstance(value, dict):
+                raise ConfigError(sub, "must be a component (a mapping with _target_)", value)
+            check_targets(value, sub)
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            check_targets(value, f"{path}.{i}")
+
+
+def parameters(cls: Any) -> list[str] | None:
+    """The keyword arguments a component takes (None: it takes any, through ``**kwargs``)."""
+    if dataclasses.is_dataclass(cls):
+        return [f.name for f in dataclasses.fields(cls) if f.init]
+    params = inspect.signature(cls).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def check_keys(data: Any, path: str) -> None:
+    """Every key of a component's node must be a parameter of its (already allowed) class."""
+    if isinstance(data, dict) and "_target_" in data:
+        allowed = parameters(_locate(data["_target_"]))
+        for key, value in data.items():
+            if key == "_target_":
+                continue
+            if allowed is not None and key not in allowed:
+                raise ConfigError(f"{path}.{key}", "no such key", allowed=", ".join(allowed) or "(none)")
+            check_keys(value, f"{path}.{key}")
 
 
 def build(node: Any, key: str) -> Any:
-    """Instantiate a config node; a component's ConfigError comes back with its dotted key."""
+    """Instantiate a config node, having checked its targets and keys; a component's
+    ConfigError comes back with its dotted key."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
     from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+    data = _plain(node, key)
+    check_targets(data, key)
+    check_keys(data, key)
     try:
         return instantiate(node, _convert_="all")
     except InterpolationResolutionError as exc:

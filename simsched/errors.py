@@ -46,13 +46,28 @@ class InputError(SimschedError):
         super().__init__(f"{where}: {message}")
 
 
+# The largest integer a setting may take: every integer up to it is exact as a float64, so
+# counts survive numpy and arithmetic without wrapping (2**53 = 9,007,199,254,740,992).
+MAX_INT = 2 ** 53
+
+
 def check_positive(key: str, value: Any, *, integer: bool = False, allow_zero: bool = False) -> None:
-    """Raise ConfigError unless value is a finite positive number (or >= 0 when allow_zero)."""
+    """Raise ConfigError unless value is a finite positive number (or >= 0 when allow_zero);
+    an ``integer`` must also be whole and at most ``MAX_INT``."""
     check_finite(key, value)
-    if integer and float(value) != int(value):
+    if integer and not isinstance(value, int) and float(value) != int(value):
         raise ConfigError(key, "must be an integer", value)
+    if integer and value > MAX_INT:
+        raise ConfigError(key, f"must be <= 2**53 = {MAX_INT}", value)
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(key, "must be >= 0" if allow_zero else "must be > 0", value)
+
+
+def check_range(key: str, value: Any, low: float, high: float, why: str = "") -> None:
+    """Raise ConfigError unless low <= value <= high (a finite number); ``why`` says why the bounds."""
+    check_finite(key, value)
+    if not low <= value <= high:
+        raise ConfigError(key, f"must be in [{low:g}, {high:g}]" + (f" ({why})" if why else ""), value)
 
 
 def check_finite(key: str, value: Any) -> None:
@@ -69,6 +84,8 @@ def check_finite(key: str, value: Any) -> None:
                 raise TypeError
         except TypeError:
             raise ConfigError(key, "must be a number", value) from None
+    if isinstance(value, int):
+        return   # a Python int is exact and finite, however large (float() of it may overflow)
     if not math.isfinite(value):
         raise ConfigError(key, "must be finite", value)
 

@@ -8,15 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from simsched.batchers import memory_batch_limit
-from simsched.engines.run_to_completion import COMPLETED, REJECTED, SimResult
+from simsched.engines.run_to_completion import COMPLETED, NOT_ARRIVED, REJECTED, UNFINISHED, SimResult
 from simsched.errors import check_positive, check_probability
 
 
 @dataclass(frozen=True)
 class Sla:
     """Service-level objectives. A completed request violates the SLA when its end-to-end
-    latency exceeds ``latency_s`` or, where set, its TTFT or mean TBT exceeds the limit."""
+    latency exceeds ``latency_s`` or, where set, its TTFT or mean TBT exceeds the limit; an
+    unfinished request counts as a violation (``sla_outcomes``)."""
 
     latency_s: float = 20.0
     ttft_s: float | None = None
@@ -57,59 +57,80 @@ def _stats(prefix: str, x: np.ndarray) -> dict[str, float]:
             f"{prefix}_p90_s": float(p90), f"{prefix}_p99_s": float(p99), f"{prefix}_max_s": float(x.max())}
 
 
-def reference_capacity(res: SimResult, latency: Any, max_batch: int | None = None) -> float:
-    """A scheduler-independent capacity (requests/s): the cluster serving full batches formed in
-    arrival order, as large as the KV cache allows with 99% confidence (Algorithm 1 with the
-    workload's true token mean and spread). Offered load ρ = λ / this, the same for every
-    scheduler on the same workload and hardware; ρ near or above 1 is overload. With
-    ``max_batch`` the batches are also capped at that size (a scheduler's own ceiling)."""
+def censored_times(res: SimResult) -> dict[str, np.ndarray]:
+    """Latency, queueing delay and TTFT per request, where an unfinished request is censored
+    at the horizon: its time is at least ``end_time − arrival``, and that lower bound is what
+    it contributes. (Completed requests: their exact times; never-arrived ones: NaN.)"""
     req = res.requests
-    n = len(req)
-    if n == 0:
+    horizon = float(res.end_time)
+    unfinished = res.status == UNFINISHED
+    waited = horizon - req.arrival
+    latency_s = np.where(unfinished, waited, res.finish - req.arrival)
+    started = ~np.isnan(res.start) & (res.start <= horizon)
+    queue_s = np.where(unfinished & ~started, waited, res.start - req.arrival)
+    first_known = ~np.isnan(res.first_token) & (res.first_token <= horizon)
+    ttft_s = np.where(unfinished & ~first_known, waited, res.first_token - req.arrival)
+    return {"latency": latency_s, "queue_delay": queue_s, "ttft": ttft_s}
+
+
+def sla_outcomes(res: SimResult, sla: Sla) -> tuple[np.ndarray, np.ndarray]:
+    """(violates, decided) per request. A completed request violates when it broke a limit.
+    An unfinished one is a violation when a limit is already broken at the horizon (its
+    deadline has passed, its first token is later than the TTFT limit, or its batch's TBT is
+    over the limit); otherwise it is undecided, and it is counted as a violation too, so that
+    cutting a run short can never make the SLA look better (``decided`` tells them apart)."""
+    t = censored_times(res)
+    late = t["latency"] > sla.latency_s
+    if sla.ttft_s is not None:
+        late |= t["ttft"] > sla.ttft_s
+    if sla.tbt_s is not None:
+        late |= res.tbt > sla.tbt_s        # NaN (never dispatched) compares False
+    unfinished = res.status == UNFINISHED
+    decided = (res.status == COMPLETED) | (unfinished & late)
+    violates = late | unfinished
+    return violates & (res.status != REJECTED) & (res.status != NOT_ARRIVED), decided
+
+
+def offered_load(arrival_rate_rps: float, saturation_rps: float | None) -> float:
+    """ρ = λ / μ_sat: the arrival rate over the scheduler's own saturation throughput on the
+    same lengths (``simsched.saturation``). ρ < 1: this scheduler keeps up; ρ >= 1: its queue
+    grows without bound. NaN when μ_sat was not measured."""
+    if saturation_rps is None or not saturation_rps > 0 or math.isnan(arrival_rate_rps):
         return math.nan
-    tok = (req.prompt + req.output).astype(float)
-    theta = 2.326347874040841  # Φ^-1(0.99)
-    B = max(1, min(n, memory_batch_limit(float(tok.mean()), float(tok.std()), res.kv_capacity_tokens, theta)))
-    if max_batch is not None:
-        B = min(B, int(max_batch))
-    m = (n // B) * B
-    out = req.output[:m].reshape(-1, B).max(axis=1)
-    psum = req.prompt[:m].reshape(-1, B).sum(axis=1).astype(float)
-    mean_t = float(np.mean(latency.batch_time(B, out, psum)))
-    return res.num_gpus * B / mean_t
+    return arrival_rate_rps / saturation_rps
 
 
-def compute_metrics(res: SimResult, sla: Sla, window: Window, latency: Any,
-                    max_batch: int | None = None) -> dict[str, Any]:
-    """The flat metrics dict written to metrics.json (NaN where undefined). ``max_batch`` (the
-    scheduler's largest batch) adds ``offered_load_scheduler``: λ over the capacity of full
-    batches no larger than that, so a small fixed batch shows its own overload."""
+def compute_metrics(res: SimResult, sla: Sla, window: Window, *,
+                    saturation_rps: float | None = None) -> dict[str, Any]:
+    """The flat metrics dict written to metrics.json (NaN where undefined).
+
+    Measured requests are the admitted ones that arrived in the window: completed *and*
+    unfinished. Unfinished requests count as SLA violations (``sla_outcomes``) and enter the
+    latency statistics censored at the horizon (lower bounds: read them with
+    ``measured_unfinished``), so a metric never improves because requests were cut off.
+    ``saturation_rps`` (the scheduler's saturation throughput) gives the offered load ρ."""
     req = res.requests
     counts = res.counts()
-    arrived_mask = res.status != 3
+    arrived_mask = res.status != NOT_ARRIVED
     arr = req.arrival[arrived_mask]
     lo, hi = window.bounds(arr, res.end_time)
     span = hi - lo
     done = res.status == COMPLETED
-    measured = done & (req.arrival >= lo) & (req.arrival <= hi)
-    latency_s = res.finish - req.arrival
-    ttft = res.first_token - req.arrival
-    violate = latency_s > sla.latency_s
-    if sla.ttft_s is not None:
-        violate |= ttft > sla.ttft_s
-    if sla.tbt_s is not None:
-        violate |= res.tbt > sla.tbt_s
+    in_window = (req.arrival >= lo) & (req.arrival <= hi)
+    measured = (done | (res.status == UNFINISHED)) & in_window
+    times = censored_times(res)
+    violate, decided = sla_outcomes(res, sla)
     finished_in = done & (res.finish >= lo) & (res.finish <= hi)
-    rejected_in = (res.status == REJECTED) & (req.arrival >= lo) & (req.arrival <= hi)
+    rejected_in = (res.status == REJECTED) & in_window
 
     b = res.batches
     overlap = np.clip(np.minimum(b["end"], hi) - np.maximum(b["start"], lo), 0.0, None)
     padded = float(np.sum(b["size"] * b["max_output"]))
     n_meas = int(measured.sum())
     viol = int((violate & measured).sum())
+    known = int((violate & decided & measured).sum())
     span_arr = float(arr[-1] - arr[0]) if len(arr) > 1 else 0.0
     lam = (len(arr) - 1) / span_arr if span_arr > 0 else math.nan
-    cap = reference_capacity(res, latency)
 
     m: dict[str, Any] = {
         "generated": len(req),
@@ -118,6 +139,7 @@ def compute_metrics(res: SimResult, sla: Sla, window: Window, latency: Any,
         "rejected": counts["rejected"],
         "unfinished": counts["unfinished"],
         "measured": n_meas,
+        "measured_unfinished": int((measured & ~done).sum()),
         "window_start_s": lo,
         "window_end_s": hi,
         "sim_end_s": float(res.end_time),
@@ -126,31 +148,28 @@ def compute_metrics(res: SimResult, sla: Sla, window: Window, latency: Any,
         "output_tokens_per_s": float(req.output[finished_in].sum()) / span if span > 0 else math.nan,
         "goodput_rps": float((finished_in & ~violate).sum()) / span if span > 0 else math.nan,
     }
-    m.update(_stats("latency", latency_s[measured]))
-    m.update(_stats("queue_delay", (res.start - req.arrival)[measured]))
-    m.update(_stats("ttft", ttft[measured]))
-    m["tbt_mean_s"] = float(res.tbt[measured].mean()) if n_meas else math.nan
+    for name in ("latency", "queue_delay", "ttft"):
+        m.update(_stats(name, times[name][measured]))
+    tbt = res.tbt[measured & ~np.isnan(res.tbt)]
+    m["tbt_mean_s"] = float(tbt.mean()) if len(tbt) else math.nan
     m["sla_violation_rate"] = viol / n_meas if n_meas else math.nan
+    m["sla_violation_rate_known"] = known / n_meas if n_meas else math.nan
+    m["sla_undecided"] = viol - known
     n_rej = int(rejected_in.sum())
     m["sla_violation_rate_with_rejected"] = (viol + n_rej) / (n_meas + n_rej) if n_meas + n_rej else math.nan
     m["rejected_rate"] = counts["rejected"] / m["arrived"] if m["arrived"] else math.nan
     m["gpu_utilization"] = float(overlap.sum()) / (res.num_gpus * span) if span > 0 else math.nan
     m["slot_efficiency"] = float(b["output_tokens"].sum()) / padded if padded > 0 else math.nan
-    m["offered_load"] = lam / cap if cap and not math.isnan(lam) else math.nan
-    m["reference_capacity_rps"] = cap
-    if max_batch is not None:
-        cap_s = reference_capacity(res, latency, max_batch)
-        m["offered_load_scheduler"] = lam / cap_s if cap_s and not math.isnan(lam) else math.nan
+    m["saturation_throughput_rps"] = math.nan if saturation_rps is None else float(saturation_rps)
+    m["offered_load"] = offered_load(lam, saturation_rps)
     m["num_batches"] = int(len(b["size"]))
     m["mean_batch_size"] = float(b["size"].mean()) if len(b["size"]) else math.nan
     m["kv_overflow_batches"] = int(np.sum(b["kv_tokens"] > res.kv_capacity_tokens))
     k_bins = max(int(res.bin.max()) + 1 if len(res.bin) else 1, len(res.cut_points) + 1)
     for k in range(k_bins):
         sel = measured & (res.bin == k)
-        lat_k = latency_s[sel]
+        lat_k = times["latency"][sel]
         m[f"bin{k}_measured"] = int(sel.sum())
         m[f"bin{k}_latency_mean_s"] = float(lat_k.mean()) if len(lat_k) else math.nan
         m[f"bin{k}_latency_p99_s"] = float(np.percentile(lat_k, 99)) if len(lat_k) else math.nan
     return m
-
-

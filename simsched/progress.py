@@ -1,19 +1,23 @@
-"""Progress of a sweep: jobs done / total and an ETA, from the job folders on disk.
+"""Progress on stderr: a sweep's jobs done / total and an ETA, from the job folders on disk; and
+a line for any other phase that lasts longer than about two seconds (``Phase``).
 
 It watches the sweep folder rather than hooking the jobs, so it works the same for every
 launcher whose jobs write to that folder (basic, joblib, a local Ray instance, SLURM on a shared
-file system). A job counts as done once its ``metrics.json`` or ``error.json`` exists.
+file system). A job counts as done once its ``done.json`` (written last by a complete run) or
+its ``error.json`` exists.
 """
 from __future__ import annotations
 
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 
 def jobs_done(sweep_dir: Path) -> tuple[int, int]:
     """(finished jobs, failed jobs) under a sweep folder."""
-    ok = {p.parent for p in sweep_dir.rglob("metrics.json")}
+    ok = {p.parent for p in sweep_dir.rglob("done.json")}
     failed = {p.parent for p in sweep_dir.rglob("error.json")}
     return len(ok | failed), len(failed)
 
@@ -52,3 +56,34 @@ class SweepProgress:
                     break
         finally:
             bar.close()
+
+
+class Phase:
+    """``with Phase("checking 48 configurations"):`` prints ``checking 48 configurations ...``
+    if the block is still running after ``after_s`` seconds, and then how long it took; a
+    quick block prints nothing."""
+
+    def __init__(self, label: str, after_s: float = 2.0) -> None:
+        self.label = label
+        self.after_s = after_s
+        self._shown = threading.Event()
+        self._timer: threading.Timer | None = None
+        self._t0 = 0.0
+
+    def _show(self) -> None:
+        self._shown.set()
+        print(f"{self.label} ...", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "Phase":
+        self._t0 = time.perf_counter()
+        self._timer = threading.Timer(self.after_s, self._show)
+        self._timer.daemon = True
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        assert self._timer is not None
+        self._timer.cancel()
+        if self._shown.is_set():
+            state = "done" if exc[0] is None else "stopped"
+            print(f"{self.label}: {state} in {time.perf_counter() - self._t0:.1f} s", file=sys.stderr, flush=True)

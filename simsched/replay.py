@@ -102,7 +102,7 @@ def setup(cfg: Any) -> Setup:
     if not isinstance(comps.engine, ContinuousEngine):
         raise ConfigError("engine", "the comparison replays through the continuous engine only",
                           getattr(comps.engine, "name", None), "continuous")
-    step, hardware, cap = prepare(comps.scheduler, comps.latency_model, comps.gpus)
+    step, hardware, cap = prepare(comps.engine, comps.scheduler, comps.latency_model, comps.gpus)
     r = comps.engine.resolved(hardware.name, hardware.memory_gib, hardware.kv_capacity_tokens, cap)
     return Setup(comps.engine, step, hardware, cap, int(r.max_num_batched_tokens), int(r.max_num_seqs),
                  int(r.num_gpu_blocks))

@@ -18,7 +18,18 @@ from simsched.scheduler import Scheduler  # noqa: E402
 from simsched.workloads import RequestTable  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _restore_tracking_uri():
+    """``mlflow.set_tracking_uri`` writes ``MLFLOW_TRACKING_URI`` into ``os.environ``: left
+    there, every later test's subprocess would track to that test's store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def run_sim(req, scheduler=None, latency=None, gpus=None, predictor=None, seed=0, **kw):

@@ -66,6 +66,7 @@ def test_same_seed_same_metrics(tmp_path):
     (["latency_model.beta_s=nan"], "latency_model.beta_s: must be finite"),
     (["gpus.kv_capacity_tokens=5"], "gpus.kv_capacity_tokens: is smaller than every request"),
     (["scheduler.k_bins=two"], "scheduler.k_bins: Value 'two'"),
+    (["metrics.saturation_requests=-1"], "metrics.saturation_requests: must be >= 0"),
     (["--multirun", "scheduler=static_fifo,nope"], "scheduler=nope: unknown option"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
@@ -83,9 +84,27 @@ def test_multirun_three_modes(tmp_path):
     assert len(list((tmp_path / "sweep").glob("*/metrics.json"))) == 3
 
 
+def wait_logged(run_dir: Path, timeout: float = 240) -> dict:
+    """The run folder's tracking state once its background logging has ended."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        path = run_dir / "tracking.json"
+        state = json.loads(path.read_text()) if path.is_file() else {}
+        if state.get("state") in ("logged", "failed"):
+            return state
+        time.sleep(0.5)
+    raise AssertionError(f"tracking of {run_dir} did not finish: {state}")
+
+
 def test_run_logs_to_a_real_mlflow_store(tmp_path):
-    proc = cli(tmp_path, "workload.num_requests=300", "hydra.run.dir=run")
+    proc = cli(tmp_path, "workload.num_requests=300", "hydra.run.dir=run", "tracking.background=false",
+               "tracking.log_tables=true")
     assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.index("SLA violation rate") < out.index("MLflow: logging run") < out.index("MLflow: logged run")
+    assert "multi_bin_dynamic K=4 λ=10 G=2 seed=0" in out     # the same readable name as sweep jobs
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -95,13 +114,46 @@ def test_run_logs_to_a_real_mlflow_store(tmp_path):
     assert runs.loc[0, "metrics.throughput_rps"] == pytest.approx(metrics["throughput_rps"])
     assert runs.loc[0, "params.scheduler.k_bins"] == "4"
     assert runs.loc[0, "tags.scheduler"] == "multi_bin_dynamic"
+    assert runs.loc[0, "tags.mlflow.runName"] == "multi_bin_dynamic K=4 λ=10 G=2 seed=0"
     client = mlflow.tracking.MlflowClient()
     names = {a.path for a in client.list_artifacts(runs.loc[0, "run_id"])}
-    assert {"metrics.json", "requests.parquet", "batches.parquet", "latency_cdf.png", ".hydra"} <= names
+    assert {"metrics.json", "requests.parquet", "batches.parquet", "latency_cdf.png", ".hydra", "done.json"} <= names
+    assert json.loads((tmp_path / "run" / "tracking.json").read_text())["state"] == "logged"
+
+
+def test_a_single_run_logs_in_the_background_and_copies_no_tables(tmp_path):
+    proc = cli(tmp_path, "workload.num_requests=300", "hydra.run.dir=run")
+    assert proc.returncode == 0, proc.stderr
+    assert "in the background" in proc.stdout
+    state = wait_logged(tmp_path / "run")
+    assert state["state"] == "logged", state
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(state["run_id"])
+    assert run.info.run_name == "multi_bin_dynamic K=4 λ=10 G=2 seed=0" and run.info.status == "FINISHED"
+    names = {a.path for a in client.list_artifacts(state["run_id"])}
+    assert "metrics.json" in names and not {"requests.parquet", "batches.parquet"} & names   # log_tables off
 
 
 def test_unreachable_tracking_server_warns_and_keeps_results(tmp_path):
     proc = cli(tmp_path, "tracking.uri=http://127.0.0.1:9", "workload.num_requests=200", "hydra.run.dir=run")
     assert proc.returncode == 0
-    assert "MLflow tracking skipped" in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if "MLflow" in line]
+    assert len(lines) == 1 and "MLflow tracking failed (cannot connect to 127.0.0.1:9" in lines[0], proc.stderr
     assert (tmp_path / "run" / "metrics.json").is_file()
+    assert json.loads((tmp_path / "run" / "tracking.json").read_text())["state"] == "failed"
+
+
+def test_help_is_the_applications_own(tmp_path):
+    proc = cli(tmp_path, "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert "schema/" not in text and "powered by Hydra" not in text
+    for group in ("scheduler", "workload", "latency_model", "predictor", "gpus", "tracking", "sweep",
+                  "hydra/launcher"):
+        assert f"\n  {group} " in text, group
+    assert "multi_bin_dynamic (default)" in text and "static_fifo" in text and "compare" in text
+    examples = [line for line in text.split("== Examples ==")[1].split("==")[0].splitlines() if "python -m" in line]
+    assert len(examples) == 5
+    assert "outputs/DATE/TIME/" in text and "multirun/" in text and "mlflow.db" in text

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from simsched.config import register_configs
 from simsched.errors import ConfigError
+from simsched.registry import SLOTS
 from simsched.run import build_components, simulate_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -83,3 +84,78 @@ def test_bad_values_name_their_key(override, key):
     with pytest.raises(ConfigError) as info:
         build_components(cfg)
     assert str(info.value).startswith(key + ":")
+
+
+SLOT_NODES = {   # a minimal valid node per slot, to put a foreign target in
+    "scheduler": {"batcher": {"_target_": "simsched.batchers.FixedBatcher"}},
+    "scheduler.batcher": {}, "workload": {}, "workload.arrivals": {}, "workload.prompt": {},
+    "workload.output": {}, "latency_model": {}, "predictor": {}, "gpus": {}, "tracking": {},
+}
+
+
+FOREIGN = ["os.system", "simsched.run.run", "simsched.workloads.arrivals.Poisson", "simsched.tracking.NullTracker"]
+
+
+@pytest.mark.parametrize("slot,target", [(s, t) for s in SLOT_NODES for t in FOREIGN
+                                         if t not in SLOTS[s].builtins])   # a real component, elsewhere
+def test_build_refuses_targets_outside_the_slot(slot, target):
+    from simsched.config import build
+
+    with pytest.raises(ConfigError, match=rf"^{slot}\._target_: not a component of this slot \(got '{target}'\); "
+                                          rf"allowed: .*entry-point group '{SLOTS[slot].group}'"):
+        build({"_target_": target, **SLOT_NODES[slot]}, slot)
+
+
+def test_build_checks_nested_targets_and_keys_before_importing(tmp_path, monkeypatch):
+    from simsched.config import build
+
+    (tmp_path / "noisy_module.py").write_text("raise SystemExit('imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    node = {"_target_": "simsched.scheduler.Scheduler", "batcher": {"_target_": "noisy_module.B"}}
+    with pytest.raises(ConfigError, match=r"^scheduler\.batcher\._target_: not a component"):
+        build(node, "scheduler")
+    node = {"_target_": "simsched.batchers.FixedBatcher", "extra": {"_target_": "noisy_module.B"}}
+    with pytest.raises(ConfigError, match=r"^scheduler\.batcher\.extra\._target_: no component may be built here"):
+        build(node, "scheduler.batcher")
+    with pytest.raises(ConfigError, match=r"^scheduler\.batcher\.bsize: no such key; allowed: batch_size, "
+                                          r"full_batches_only$"):
+        build({"_target_": "simsched.batchers.FixedBatcher", "bsize": 3}, "scheduler.batcher")
+    with pytest.raises(ConfigError, match=r"^tracking\.urii: no such key; allowed: \(none\)$"):
+        build({"_target_": "simsched.tracking.NullTracker", "urii": "x"}, "tracking")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("+engine.horizon=10", "engine.horizon: no such key; allowed: name, horizon_s, release"),
+    ("+sed=5", "sed: no such key"),
+    ("+sla.latency=1", "sla.latency: no such key; allowed: latency_s, ttft_s, tbt_s"),
+    ("+output.quite=true", "output.quite: no such key"),
+    ("engine.horizon_s=nan", "engine.horizon_s: must be finite"),
+    ("engine.horizon_s=-5", "engine.horizon_s: must be > 0"),
+    ("seed=-1", "seed: must be >= 0"),
+    ("workload.arrivals.cv=1e-200", "workload.arrivals.cv: must be in [1e-06, 100]"),
+    ("workload.arrivals.cv=1e200", "workload.arrivals.cv: must be in [1e-06, 100]"),
+    ("workload.num_requests=10000000000000", "workload.num_requests: needs about 2.5 PB of memory"),
+    ("workload=onoff workload.arrivals.rate_on=1e-9 workload.arrivals.rate_off=0", "workload.arrivals: 5000 requests"),
+    ("workload.arrivals.rate=1e-300", "workload.arrivals: 5000 requests at a mean rate of 1e-300"),
+])
+def test_every_key_and_value_is_checked_before_the_run(override, message):
+    with pytest.raises(ConfigError) as info:
+        build_components(cfg_with(*override.split(), "tracking=none"))
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_memory_estimate_against_what_is_available():
+    from simsched.workloads.requests import BYTES_PER_REQUEST, check_memory
+
+    check_memory("num_requests", 1000, available=1000 * BYTES_PER_REQUEST)
+    with pytest.raises(ConfigError, match=r"^num_requests: needs about 250 kB of memory \(250 B per request\), "
+                                          r"more than this machine's 249 kB"):
+        check_memory("num_requests", 1000, available=1000 * BYTES_PER_REQUEST - 1000)
+
+
+def test_onoff_period_count_is_bounded():
+    from simsched.workloads.arrivals import MAX_PERIODS, OnOff
+
+    OnOff(rate_on=1.0, rate_off=0.0, mean_on_s=1.0, mean_off_s=1.0).check_count(MAX_PERIODS // 2)
+    with pytest.raises(ConfigError, match="^rate_on: .* ON/OFF cycle need"):
+        OnOff(rate_on=1.0, rate_off=0.0, mean_on_s=1.0, mean_off_s=1.0).check_count(MAX_PERIODS)

@@ -23,7 +23,7 @@ def test_every_package_is_listed():
     a new subpackage missing from the list would be left out of the wheel."""
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts)
-             for top in ("simsched", "calibrate") for p in (ROOT / top).rglob("__init__.py")}
+             for top in ("simsched", "calibrate", "hydra_plugins") for p in (ROOT / top).rglob("__init__.py")}
     found |= {"simsched.conf", "simsched.sweeps"}
     assert found == listed
 

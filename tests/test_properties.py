@@ -56,7 +56,7 @@ def test_invariants(rows, scheduler, n_gpus, seed, release, horizon):
         members = res.batch == bid
         assert np.all(res.bin[members] == b["bin"][bid]) and np.all(res.gpu[members] == b["gpu"][bid])
         assert b["max_output"][bid] == req.output[members].max()
-    m = compute_metrics(res, Sla(latency_s=1.0), Window(0.0), lat)
+    m = compute_metrics(res, Sla(latency_s=1.0), Window(0.0))
     for key in ("gpu_utilization", "slot_efficiency", "sla_violation_rate"):
         v = m[key]
         assert v != v or 0.0 <= v <= 1.0 + 1e-9, key
@@ -65,15 +65,15 @@ def test_invariants(rows, scheduler, n_gpus, seed, release, horizon):
 def test_sla_metric_can_fail_and_can_pass():
     req = table(np.arange(20) * 0.01, [10] * 20, [100] * 20)
     res = run_sim(req, Scheduler(FixedBatcher(1)), latency=SeedForm(), gpus=Gpus(count=1))
-    assert compute_metrics(res, Sla(latency_s=0.5), Window(0.0), SeedForm())["sla_violation_rate"] > 0.9
-    assert compute_metrics(res, Sla(latency_s=1000), Window(0.0), SeedForm())["sla_violation_rate"] == 0.0
+    assert compute_metrics(res, Sla(latency_s=0.5), Window(0.0))["sla_violation_rate"] > 0.9
+    assert compute_metrics(res, Sla(latency_s=1000), Window(0.0))["sla_violation_rate"] == 0.0
     # TTFT and TBT limits are checked too.
-    assert compute_metrics(res, Sla(latency_s=1000, tbt_s=0.001), Window(0.0), SeedForm())["sla_violation_rate"] == 1.0
-    assert compute_metrics(res, Sla(latency_s=1000, ttft_s=0.01), Window(0.0), SeedForm())["sla_violation_rate"] == 1.0
+    assert compute_metrics(res, Sla(latency_s=1000, tbt_s=0.001), Window(0.0))["sla_violation_rate"] == 1.0
+    assert compute_metrics(res, Sla(latency_s=1000, ttft_s=0.01), Window(0.0))["sla_violation_rate"] == 1.0
 
 
 def test_slot_efficiency_counts_padding_as_waste():
     req = table([0, 0], [1, 1], [10, 90])
     res = run_sim(req, Scheduler(FixedBatcher(2)), gpus=Gpus(count=1))
-    m = compute_metrics(res, Sla(), Window(0.0), SeedForm())
+    m = compute_metrics(res, Sla(), Window(0.0))
     assert m["slot_efficiency"] == (10 + 90) / (2 * 90)

@@ -27,7 +27,7 @@ def mean_wait(lengths, rho: float, n: int, seeds=range(4)) -> tuple[float, float
         req = SyntheticWorkload(Poisson(lam), Fixed(1), lengths.dist, n).generate(np.random.default_rng(seed))
         res = run_sim(req, Scheduler(FixedBatcher(1)), latency=Affine(beta0_s=STEP, beta1_s=0.0),
                       gpus=Gpus(count=1, kv_capacity_tokens=10**6))
-        waits.append(compute_metrics(res, Sla(), Window(0.1), Affine(beta0_s=STEP, beta1_s=0.0))["queue_delay_mean_s"])
+        waits.append(compute_metrics(res, Sla(), Window(0.1))["queue_delay_mean_s"])
     return float(np.mean(waits)), lam * es2 / (2 * (1 - rho))
 
 
@@ -63,7 +63,7 @@ def test_throughput_is_service_limited_under_overload_not_n_over_makespan():
     req = SyntheticWorkload(Poisson(2 / es), Fixed(1), lengths.dist, 5000).generate(np.random.default_rng(0))
     model = Affine(beta0_s=STEP, beta1_s=0.0)
     res = run_sim(req, Scheduler(FixedBatcher(1)), latency=model, gpus=Gpus(count=1, kv_capacity_tokens=10**6))
-    m = compute_metrics(res, Sla(latency_s=5.0), Window(0.1), model)
+    m = compute_metrics(res, Sla(latency_s=5.0), Window(0.1))
     assert m["throughput_rps"] == pytest.approx(1 / es, rel=0.02)
     assert m["gpu_utilization"] == pytest.approx(1.0, abs=0.01)
     assert m["sla_violation_rate"] > 0.5          # an overloaded system must fail its SLA

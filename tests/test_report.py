@@ -11,11 +11,12 @@ import pytest
 import yaml
 
 from simsched.app import report
+from simsched.outputs import write_marker
 
 
 def fake_job(root: Path, num: int, *, scheduler: str, k: int, rate: float, gpus: int, seed: int,
              metrics: dict | None = None, error: str | None = None) -> None:
-    """A job folder as Hydra and simsched write it (config, overrides, metrics, requests)."""
+    """A job folder as Hydra and simsched write it (config, overrides, metrics, requests, done.json)."""
     d = root / str(num)
     (d / ".hydra").mkdir(parents=True)
     cfg = {"scheduler": {"name": scheduler, "k_bins": k}, "seed": seed,
@@ -37,6 +38,7 @@ def fake_job(root: Path, num: int, *, scheduler: str, k: int, rate: float, gpus:
     arrival = np.sort(rng.uniform(0, 10, 50))
     pd.DataFrame({"arrival": arrival, "completion": arrival + lat,
                   "status": pd.Categorical(["completed"] * 50)}).to_parquet(d / "requests.parquet")
+    write_marker(d, [d / "metrics.json", d / "requests.parquet"])   # complete, as a finished job is
 
 
 @pytest.fixture
@@ -128,3 +130,74 @@ def test_report_errors_are_one_line(tmp_path):
         report.main([str(tmp_path)])
     with pytest.raises(ConfigError, match="one of them"):
         report.main([])
+
+
+# --- readable tables and plots (issue 16 item 3) -------------------------------------------------
+
+def test_two_seeds_show_the_range_not_a_ci_and_warn(tmp_path, capsys):
+    for num, seed in enumerate((0, 1)):
+        fake_job(tmp_path, num, scheduler="static_fifo", k=1, rate=4.0, gpus=2, seed=seed,
+                 metrics={"sla_violation_rate": 0.1 + 0.25 * seed})
+    table = report.collect(tmp_path)
+    agg = report.aggregate(table)
+    text = report.format_summary(agg)
+    assert "±" not in text and "10.0%–35.0%" in text and "22.5%" in text
+    report.write_report(table, tmp_path, tmp_path)
+    err = capsys.readouterr().err
+    assert "fewer than 3 seeds" in err and "not a 95% CI" in err
+
+
+def test_each_column_has_one_number_of_decimals():
+    agg = pd.DataFrame({"scheduler": ["static_fifo", "multi_bin_dynamic"], "n": [5, 5],
+                        "latency_p99_s": [1310.2, 12.13], "latency_p99_s_ci95": [85.3, 0.0055],
+                        "throughput_rps": [2.68, 10.39], "throughput_rps_ci95": [0.01, 0.2]})
+    lines = report.format_summary(agg, ["latency_p99_s", "throughput_rps"]).splitlines()
+    assert "1310.2 ± 85.3" in lines[1] and "12.1 ± 0.0" in lines[2]          # never 1.31e+03 beside 12.1
+    assert "2.68 ± 0.01" in lines[1] and "10.39 ± 0.20" in lines[2]
+    assert "e+" not in "\n".join(lines)
+
+
+def test_latency_cdf_uses_a_log_axis(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    scales = []
+    original = Axes.set_xscale
+    monkeypatch.setattr(Axes, "set_xscale", lambda self, value, **kw: (scales.append(value), original(self, value, **kw)))
+    for num, sched in enumerate(["static_fifo", "multi_bin_dynamic"]):
+        fake_job(tmp_path, num, scheduler=sched, k=1, rate=4.0, gpus=2, seed=0)
+    table = report.collect(tmp_path)
+    assert report.latency_cdfs(table, tmp_path / "cdf.png", lambda row: Path(row["dir"]) / "requests.parquet")
+    assert scales == ["log"]
+
+
+def _mlflow_sweep(client, exp_id: str, name: str, start: int, jobs: list[tuple[str, int]]) -> str:
+    parent = client.create_run(exp_id, run_name=name, start_time=start, tags={"simsched.kind": "sweep"})
+    for num, (sched, seed) in enumerate(jobs):
+        child = client.create_run(exp_id, start_time=start + 1 + num, tags={
+            "mlflow.parentRunId": parent.info.run_id, "simsched.job": str(num), "scheduler": sched,
+            "seed": str(seed), "k_bins": "1", "gpus": "2", "lambda": "4", "simsched.config_hash": f"{sched}{seed}"})
+        client.log_metric(child.info.run_id, "throughput_rps", 1.0 + seed)
+        client.set_terminated(child.info.run_id)
+    client.set_terminated(parent.info.run_id)
+    return parent.info.run_id
+
+
+def test_report_says_which_sweep_it_picked_and_sorts_all_runs(tmp_path, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("study")
+    _mlflow_sweep(client, exp, "first sweep", 1_000, [("static_fifo", 1), ("multi_bin_dynamic", 0)])
+    latest = _mlflow_sweep(client, exp, "second sweep", 2_000, [("static_fifo", 0), ("dynamic_no_bins", 1),
+                                                                ("dynamic_no_bins", 0)])
+    table, _ = report.from_mlflow("study", uri)
+    out = capsys.readouterr().out
+    assert f"'second sweep' (run {latest}" in out and "the latest of 2" in out and "--parent" in out
+    assert len(table) == 3
+    table, _ = report.from_mlflow("study", uri, all_runs=True)
+    got = list(zip(table["scheduler"], table["seed"]))
+    assert got == sorted(got) and len(got) == 5   # rows in factor order (by start time they are not)

@@ -124,7 +124,9 @@ def test_bad_overrides_in_a_sweep_are_one_line_exit_2(hydra_env, capsys, argv, e
 def test_a_bad_sweep_value_stops_before_any_job(tmp_path):
     proc = simsched(["+sweep=compare", "scheduler.k_bins=1,0", "tracking=none"], tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["error: scheduler.k_bins: must be > 0 (got 0)"]
+    # (a slow machine may also show the check's progress line: "checking every configuration ...")
+    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("checking every configuration")]
+    assert lines == ["error: scheduler.k_bins: must be > 0 (got 0)"]
     assert not (tmp_path / "multirun").exists()
 
 
@@ -181,7 +183,7 @@ def test_basic_sweep_makes_one_parent_and_a_child_per_job(basic_sweep):
     assert {"summary.csv", "summary.parquet", "plots"} <= names
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert "plots/latency_cdf_per_scheduler.png" in plots
-    assert "sweep multirun: 4 job(s), 0 failed" in proc.stderr     # the progress / summary line
+    assert "sweep multirun: 4 job(s), 0 not ok" in proc.stderr     # the progress / summary line
     assert "4/4" in proc.stderr
 
 
@@ -235,8 +237,9 @@ def test_a_failed_job_is_recorded_and_the_sweep_completes(tmp_path):
     args = ["-m", "gpus.kv_capacity_tokens=10,120000", *TINY, f"tracking.uri=sqlite:///{tmp_path}/store.db",
             "tracking.experiment=fail", f"hydra.sweep.dir={tmp_path}/sweep"]
     proc = simsched(args, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-3000:]    # the sweep completes, and says a job failed
     assert "error: job 0" in proc.stderr and "kv_capacity_tokens" in proc.stderr
+    assert "1 job(s) failed or did not finish" in proc.stderr
     parent, children = parent_and_children(store(tmp_path / "store.db", "fail"), tmp_path / "sweep")
     status = {r.data.tags["simsched.job"]: r for r in children}
     assert status["0"].info.status == "FAILED" and "kv_capacity_tokens" in status["0"].data.tags["error"]
@@ -325,11 +328,11 @@ def test_absolute_uri_is_the_same_store_from_any_folder(tmp_path):
 def test_progress_counts_finished_and_failed_job_folders(tmp_path):
     from simsched.progress import SweepProgress, jobs_done
 
-    for i, name in enumerate(["metrics.json", "metrics.json", "error.json"]):
+    for i, name in enumerate(["done.json", "done.json", "error.json", "metrics.json"]):
         (tmp_path / str(i)).mkdir()
         (tmp_path / str(i) / name).write_text("{}")
-    (tmp_path / "3").mkdir()
-    assert jobs_done(tmp_path) == (3, 1)
+    (tmp_path / "4").mkdir()
+    assert jobs_done(tmp_path) == (3, 1)      # metrics.json alone is an interrupted job
     monitor = SweepProgress(tmp_path, 4, poll_s=0.05)
     monitor.start()
     monitor.stop()

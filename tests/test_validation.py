@@ -139,3 +139,58 @@ def test_check2_fails_when_batch_time_uses_the_mean_output(monkeypatch):
     assert rows[0].rel_diff > 0.5          # the mean of 16 is ~ half their max: throughput ~ +60%
     lrows, _ = c2.check_lemma51(16, 1, 20, (1,), lam=4.0, gpus=16, n=8_000, reps=3)
     assert lrows[0].verdict == "FAIL"
+
+
+# --- checks 4, 5, 6: what is judged, against what ----------------------------------------------
+
+
+def test_check4_judges_the_paper_only_at_points_not_fitted():
+    from simsched.validate import eight_servers as c4
+
+    med, sig = 38.0, 0.465
+    rows, _ = c4.check_distribution("ln", *c4.lognormal_pmf(med, sig), (1, 2, 32), 30_000, 3, 0, 0, judge_paper=True)
+    paper = {int(r.point.rsplit("= ", 1)[1]): r for r in rows if r.quantity == "threshold vs paper (req/s)"}
+    assert paper[1].verdict == "info" and paper[32].verdict == "info"     # fitted: agree by construction
+    assert paper[2].expected == c4.PAPER[2] and paper[2].verdict == "PASS"
+    # Lengths 15% longer than fitted: the predicted point fails against the paper (the fitted ones
+    # would too, but they are not judged).
+    rows, _ = c4.check_distribution("ln", *c4.lognormal_pmf(1.15 * med, sig), (2,), 30_000, 3, 0, 0,
+                                    judge_paper=True)
+    assert [r.verdict for r in rows if r.quantity == "threshold vs paper (req/s)"] == ["FAIL"]
+
+
+def test_check5_curves_move_one_factor_at_a_time():
+    from dataclasses import fields
+
+    from simsched.validate import sla_capacity as c5
+
+    curves = c5.curve_settings()
+    assert set(curves) == {"deadline", "α", "δ", "ε_D", "window", "release"}
+    default = c5.SCHEDULERS[c5.DYNAMIC].batcher
+    for factor, points in curves.items():
+        assert len(points) >= 2
+        for _, dyn, base in points:
+            assert base.scheduler is c5.SCHEDULERS[c5.BASELINE]
+            assert (dyn.deadline_s, dyn.release) == (base.deadline_s, base.release)   # paired
+            changed = [f.name for f in fields(default) if getattr(dyn.scheduler.batcher, f.name) != getattr(default, f.name)]
+            moved = changed + (["deadline"] if dyn.deadline_s != c5.DEADLINE_S else []) \
+                + (["release"] if dyn.release != "batch_end" else [])
+            assert len(moved) <= 1, (factor, moved)
+
+
+def test_check6_has_the_equal_bmax_static_baseline():
+    from simsched.validate import seed_table as c6
+
+    preset, overrides = c6.MODES["static_fifo, B = 128"]
+    c = c6.presets(preset, overrides)
+    assert c.scheduler.batcher.batch_size == c6.presets("dynamic_no_bins", []).scheduler.batcher.b_max == 128
+    assert not getattr(c.scheduler.batcher, "full_batches_only")
+
+
+def test_check5_replications_in_parallel_give_the_same_capacities():
+    from simsched.validate import sla_capacity as c5
+
+    settings = [c5.Setting(c5.SCHEDULERS[c5.DYNAMIC]), c5.Setting(c5.SCHEDULERS[c5.BASELINE], deadline_s=40.0)]
+    serial = c5.capacities(settings, 2_000, 2, 0, jobs=1)
+    assert c5.capacities(settings, 2_000, 2, 0, jobs=2) == serial
+    assert all(c == c and c > 0 for caps in serial for c in caps)

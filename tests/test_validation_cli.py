@@ -41,7 +41,8 @@ def test_unreachable_tracking_server_keeps_the_report(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, key", [(["--checks", "9"], "--checks"), (["--checks", "x"], "--checks"),
-                                       (["--reps", "1"], "--reps"), (["--bogus"], "--bogus")])
+                                       (["--reps", "1"], "--reps"), (["--jobs", "0"], "--jobs"),
+                                       (["--bogus"], "--bogus")])
 def test_bad_arguments_exit_2_with_one_line(args, key, capsys):
     with pytest.raises(SystemExit) as exc:
         main(args)

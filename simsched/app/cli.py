@@ -9,6 +9,17 @@ from typing import Any
 from simsched.errors import SimschedError
 
 _MULTIRUN_FLAGS = {"-m", "--multirun"}
+# Launcher presets and what they need: the extra that installs them, and its modules.
+_RAY = ("ray", ("hydra_plugins.hydra_ray_launcher", "ray"))
+_SUBMITIT = ("slurm", ("hydra_plugins.hydra_submitit_launcher",))
+LAUNCHER_EXTRAS = {
+    "joblib": ("joblib", ("hydra_plugins.hydra_joblib_launcher",)),
+    "ray_local": _RAY, "ray": _RAY, "ray_aws": _RAY,
+    "slurm": _SUBMITIT, "submitit_slurm": _SUBMITIT, "submitit_local": _SUBMITIT,
+}
+# Hydra callbacks a config may name (Hydra instantiates them before any job).
+HYDRA_CALLBACKS = ("simsched.app.sweep.SweepCallback", "hydra.experimental.callbacks.LogJobReturnCallback",
+                   "hydra.experimental.callbacks.PickleJobInfoCallback")
 _NOT_FOUND = re.compile(r"Could not find '([^']+)'")
 _OVERRIDE = re.compile(r"Could not override '([^']+)'")
 _FULL_KEY = re.compile(r"full_key:\s*(\S+)")
@@ -117,13 +128,15 @@ def _check_value(cfg: Any, key: str, value: Any, overrides: list[str], compose_b
         _fail(one_line(exc, overrides + [f"{key}={value}"], compose_base))
     top = key.split(".")[0]
     try:
-        from simsched.config import build
+        from simsched.config import build, check_settings
         from simsched.run import build_components
 
         if top in _GROUPS:
             build(cfg[top], top)   # only what the key can change (a full build is ~50 ms)
         elif top in ("sla", "metrics"):
             build_components(cfg)
+        else:
+            check_settings(cfg)    # seed, engine.*, output.*: the cheap checks
     except SimschedError as exc:
         _fail(str(exc))
 
@@ -164,6 +177,8 @@ def precheck(config_dir: str, argv: list[str]) -> None:
         from simsched.run import build_components
 
         multirun = bool(flags) or head.hydra.mode == RunMode.MULTIRUN
+        if multirun:
+            check_hydra_components(head.hydra)
         if not multirun:
             swept = [ov.input_line for ov in _parse(overrides) if ov.is_sweep_override()]
             if swept:
@@ -193,6 +208,57 @@ def precheck(config_dir: str, argv: list[str]) -> None:
         for key, options in values:
             for value in options:
                 _check_value(first_cfg, key, value, lists[0], compose_base)
+
+
+def _installed(module: str) -> bool:
+    """Whether a module can be imported, without importing it."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Checks of the raw command line, before Hydra reads it (no composition, ~1 ms): a
+    launcher preset whose extra is not installed is named with the ``pip install`` that adds
+    it, and Hydra's own components cannot be replaced by a ``_target_`` (Hydra would import
+    and call it before any simsched check); they are chosen by group, ``hydra/launcher=NAME``."""
+    for arg in argv:
+        if arg.startswith("-"):
+            continue
+        key, _, value = arg.partition("=")
+        bare = key.lstrip("+~")
+        if bare == "hydra/launcher" and value in LAUNCHER_EXTRAS:
+            extra, modules = LAUNCHER_EXTRAS[value]
+            missing = [m for m in modules if not _installed(m)]
+            if missing:
+                _fail(f"hydra/launcher={value}: needs the '{extra}' extra ({missing[0]} is not installed); "
+                      f"install it with: pip install 'simsched[{extra}]'")
+        if bare.startswith("hydra.") and ("_target_" in bare or "_target_" in value):
+            _fail(f"{bare}: Hydra's components cannot be set by _target_ here; choose a launcher or sweeper "
+                  f"with hydra/launcher=NAME or hydra/sweeper=NAME")
+
+
+def check_hydra_components(hydra_cfg: Any) -> None:
+    """A composed multirun's launcher and sweeper must be installed Hydra plugins and its
+    callbacks among ``HYDRA_CALLBACKS``: Hydra instantiates all three before any job."""
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.launcher import Launcher
+    from hydra.plugins.sweeper import Sweeper
+
+    for name, kind in (("launcher", Launcher), ("sweeper", Sweeper)):
+        target = (hydra_cfg.get(name) or {}).get("_target_")
+        allowed = sorted(f"{c.__module__}.{c.__name__}" for c in Plugins.instance().discover(kind))
+        if target not in allowed:
+            _fail(f"hydra.{name}._target_: not an installed Hydra {name} (got {target!r}); allowed: "
+                  + ", ".join(allowed))
+    for key, node in (hydra_cfg.get("callbacks") or {}).items():
+        target = node.get("_target_") if node is not None else None
+        if target not in HYDRA_CALLBACKS:
+            _fail(f"hydra.callbacks.{key}._target_: not an allowed callback (got {target!r}); allowed: "
+                  + ", ".join(HYDRA_CALLBACKS))
 
 
 def _fail(message: str) -> None:

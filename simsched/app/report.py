@@ -33,6 +33,10 @@ KEY_METRICS = ["throughput_rps", "goodput_rps", "latency_mean_s", "latency_p99_s
                "gpu_utilization", "slot_efficiency", "offered_load", "mean_batch_size"]
 BASELINE_ORDER = ["static_fifo", "dynamic_no_bins", "multi_bin_static", "multi_bin_dynamic"]
 TARGETS = (0.01, 0.05)
+PERCENT = ("sla_violation_rate", "gpu_utilization", "slot_efficiency")
+# Fewest replications for a 95% CI: with 2 the Student-t factor is 12.7 and the interval says
+# nothing (a violation rate of "23.0% ± 178.6%"); tables and plots show the range instead.
+MIN_CI_N = 3
 
 
 # --- the table ---------------------------------------------------------------------------------
@@ -42,37 +46,67 @@ def _override_key(override: str) -> tuple[str, str]:
     return key.lstrip("+~"), value
 
 
-def job_row(job_dir: Path) -> dict[str, Any]:
-    """One job folder as a row: status, error, standard factors, overrides, metrics.json."""
-    from omegaconf import OmegaConf
-
+def job_row(job_dir: Path, overrides: list[str] | None = None, job: int | str | None = None) -> dict[str, Any]:
+    """One job folder as a row: status (``ok`` only when ``done.json`` vouches for every file),
+    error, standard factors, overrides, tracking state and (for ok jobs) ``metrics.json``.
+    ``overrides``: the job's overrides from ``jobs.json`` (for a job that never started)."""
+    from simsched.outputs import check_run_dir
+    from simsched.tracking_state import load_state
     from simsched.workloads.rates import arrival_rate
 
     hydra_dir = job_dir / ".hydra"
-    overrides = OmegaConf.to_container(OmegaConf.load(hydra_dir / "overrides.yaml")) \
-        if (hydra_dir / "overrides.yaml").is_file() else []
-    row: dict[str, Any] = {"job": int(job_dir.name) if job_dir.name.isdigit() else job_dir.name,
-                           "dir": str(job_dir), "status": "incomplete", "error": ""}
-    if (hydra_dir / "config.yaml").is_file():
-        cfg = OmegaConf.load(hydra_dir / "config.yaml")
+    if (hydra_dir / "overrides.yaml").is_file():
         try:
+            overrides = [str(o) for o in _load_yaml(hydra_dir / "overrides.yaml")]
+        except Exception:  # noqa: BLE001 - a damaged file: the check below says so
+            overrides = overrides or []
+    if job is None:
+        job = int(job_dir.name) if job_dir.name.isdigit() else job_dir.name
+    row: dict[str, Any] = {"job": job, "dir": str(job_dir), "status": "incomplete", "error": "", "tracking": ""}
+    if not job_dir.is_dir():
+        row["error"] = "not started"
+    else:
+        check = check_run_dir(job_dir)
+        row["status"], row["error"] = check.status, check.detail
+    tracked = False
+    if (hydra_dir / "config.yaml").is_file():
+        try:
+            cfg = _load_yaml(hydra_dir / "config.yaml")
+            tracked = cfg.get("tracking") is not None and "uri" in cfg["tracking"]
             row.update(factors_of(cfg, arrival_rate(cfg)))
         except Exception:  # noqa: BLE001 - e.g. an interpolation only Hydra can resolve
             pass
-    shown = [o for o in overrides if not _override_key(o)[0].startswith("hydra")]
-    row["overrides"] = " ".join(shown)
-    for o in shown:
+    row["overrides"] = _shown(overrides or [])
+    for o in row["overrides"].split():
         key, value = _override_key(o)
         if key not in COVERED:
             row[f"override.{key}"] = value
-    metrics_file, error_file = job_dir / "metrics.json", job_dir / "error.json"
-    if metrics_file.is_file():
-        row.update(json.loads(metrics_file.read_text()))
-        row["status"] = "ok"
-    if error_file.is_file():
-        row["status"] = "failed"
-        row["error"] = json.loads(error_file.read_text()).get("error", "")
+    state = load_state(job_dir) if job_dir.is_dir() else None
+    if state is None and tracked and row["status"] == "ok":
+        row["tracking"] = "pending: the job ended before it was logged"
+    if state is not None:
+        row["tracking"] = {"logged": "logged", "pending": "pending"}.get(
+            str(state.get("state")), f"failed: {state.get('error', '')}")
+        if state.get("run_id"):
+            row["run_id"] = state["run_id"]
+    if row["status"] == "ok":
+        try:
+            row.update(json.loads((job_dir / "metrics.json").read_text()))
+        except (OSError, ValueError):
+            row["status"], row["error"] = "corrupt", "metrics.json is unreadable"
     return row
+
+
+def _load_yaml(path: Path) -> Any:
+    """A YAML file as plain data (libyaml's loader: a tenth of ``OmegaConf.load``'s time), or as an
+    OmegaConf node when it holds interpolations, which only OmegaConf resolves."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    text = path.read_text()
+    if "${" in text:
+        return OmegaConf.load(path)
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def factors_of(cfg: Any, rate: float) -> dict[str, Any]:
@@ -87,15 +121,37 @@ def factors_of(cfg: Any, rate: float) -> dict[str, Any]:
 
 
 def collect(sweep_dir: Path) -> pd.DataFrame:
-    """The sweep's table, one row per job folder (a folder holding ``.hydra/overrides.yaml``)."""
+    """The sweep's table: one row per job folder found (a folder holding ``.hydra/overrides.yaml``)
+    and per job of ``jobs.json`` (the sweeper's list) that has no folder: it never started."""
     sweep_dir = Path(sweep_dir)
-    dirs = sorted({p.parent.parent for p in sweep_dir.rglob("overrides.yaml") if p.parent.name == ".hydra"},
-                  key=lambda d: (0, int(d.name)) if d.name.isdigit() else (1, d.name))
-    rows = [job_row(d) for d in dirs]
+    listed: dict[str, tuple[int, list[str]]] = {}
+    try:
+        for entry in json.loads((sweep_dir / "jobs.json").read_text()):
+            listed[_shown(entry["overrides"])] = (int(entry["job"]), [str(o) for o in entry["overrides"]])
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = {}
+    found = {p.parent.parent for p in sweep_dir.rglob("overrides.yaml") if p.parent.name == ".hydra"}
+    rows = []
+    for d in found:
+        row = job_row(d)
+        entry = listed.pop(row["overrides"], None)
+        if entry is not None and not isinstance(row["job"], int):
+            row["job"] = entry[0]
+        rows.append(row)
+    seen = {r["job"] for r in rows}
+    for num, overrides in listed.values():
+        if num not in seen:
+            rows.append(job_row(sweep_dir / str(num), overrides, num))
+    rows.sort(key=lambda r: (0, r["job"]) if isinstance(r["job"], int) else (1, str(r["job"])))
     table = pd.DataFrame(rows)
     if table.empty:
-        return pd.DataFrame(columns=["job", "dir", "status", "error", *FACTORS, "seed", "overrides"])
+        return pd.DataFrame(columns=["job", "dir", "status", "error", "tracking", *FACTORS, "seed", "overrides"])
     return table
+
+
+def _shown(overrides: list[str]) -> str:
+    """A job's overrides as the table shows them (Hydra's own left out)."""
+    return " ".join(str(o) for o in overrides if not _override_key(str(o))[0].startswith("hydra"))
 
 
 def from_mlflow(experiment: str, uri: str | None = None, parent: str | None = None,
@@ -105,18 +161,27 @@ def from_mlflow(experiment: str, uri: str | None = None, parent: str | None = No
     row's ``requests.parquet``."""
     import os
 
-    from mlflow.tracking import MlflowClient
-
     from simsched.errors import ConfigError
+    from simsched.tracking import TrackingError, absolute_uri, open_client
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    client = MlflowClient(uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
-    exp = client.get_experiment_by_name(experiment)
+    uri = absolute_uri(uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"), Path.cwd())
+    try:
+        client = open_client(uri, create=False)   # a read never creates a store
+    except TrackingError as exc:
+        raise ConfigError("--uri", f"{uri}: {exc}") from None
+
+    def read(call: Callable[[], Any]) -> Any:
+        """An MLflow read; a store that fails (a server that times out) is one line."""
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - MLflow's many error types
+            raise ConfigError("--uri", f"{uri}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
+
+    exp = read(lambda: client.get_experiment_by_name(experiment))
     if exp is None:
-        names = ", ".join(e.name for e in client.search_experiments())
+        names = ", ".join(e.name for e in read(client.search_experiments))
         raise ConfigError("--experiment", "no such MLflow experiment", experiment, names or "(none)")
-    runs = _search_all(client, exp.experiment_id, "")
+    runs = read(lambda: _search_all(client, exp.experiment_id, ""))
     parents = [r for r in runs if r.data.tags.get("simsched.kind") == "sweep"]
     if all_runs:
         chosen = [r for r in runs if r.data.tags.get("simsched.kind") not in ("sweep", "capacity")]
@@ -131,13 +196,20 @@ def from_mlflow(experiment: str, uri: str | None = None, parent: str | None = No
                 raise ConfigError("--experiment", "holds no sweep (parent) run; use --all for single runs",
                                   experiment)
             parent = max(parents, key=lambda r: r.info.start_time).info.run_id
+            print(f"sweep: {_describe_parent(parents, parent)}, " + (
+                f"the latest of {len(parents)} in experiment {experiment!r}; --parent RUN_ID picks another"
+                if len(parents) > 1 else f"the only one in experiment {experiment!r}"))
+        else:
+            print(f"sweep: {_describe_parent(parents, parent)}")
         chosen = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
     rows = []
     for r in chosen:
         t = r.data.tags
         rate = float(t["lambda"]) if t.get("lambda") else math.nan
         row = {"job": int(t.get("simsched.job", -1)), "dir": "", "run_id": r.info.run_id,
-               "status": "ok" if r.info.status == "FINISHED" else "failed", "error": t.get("error", ""),
+               "status": {"FINISHED": "ok", "FAILED": "failed"}.get(r.info.status, "incomplete"),
+               "error": t.get("error", "") or ("" if r.info.status in ("FINISHED", "FAILED")
+                                               else f"MLflow run is {r.info.status}"),
                "scheduler": t.get("scheduler", ""), "k_bins": int(t.get("k_bins") or 1), "lambda": rate,
                "gpus": int(t["gpus"]) if t.get("gpus") else None,
                "gpu_name": r.data.params.get("gpus.name", ""), "workload": t.get("workload", ""),
@@ -150,9 +222,25 @@ def from_mlflow(experiment: str, uri: str | None = None, parent: str | None = No
                 row[f"override.{key}"] = value
         row.update(r.data.metrics)
         rows.append(row)
-    table = pd.DataFrame(rows).sort_values("job").reset_index(drop=True) if rows else collect(Path("/nonexistent"))
+    if not rows:
+        table = collect(Path("/nonexistent"))
+    elif all_runs:   # runs of several sweeps and single runs: by factor, then seed, then run id
+        table = pd.DataFrame(rows)
+        keys = [c for c in FACTORS + ["seed", "run_id"] if c in table.columns]
+        table = table.sort_values(keys, na_position="last", kind="stable").reset_index(drop=True)
+    else:
+        table = pd.DataFrame(rows).sort_values("job", kind="stable").reset_index(drop=True)
+
+    run_dirs = {r.info.run_id: r.data.tags.get("simsched.run_dir", "") for r in chosen}
 
     def requests_of(row: pd.Series) -> Path | None:
+        """The run folder's table when it is on this machine and complete, else the logged
+        artifact (``tracking.log_tables=true``), else None."""
+        from simsched.outputs import check_run_dir
+
+        folder = Path(run_dirs.get(row["run_id"]) or "/nonexistent")
+        if (folder / "requests.parquet").is_file() and check_run_dir(folder).ok:
+            return folder / "requests.parquet"
         try:
             from mlflow.artifacts import download_artifacts
 
@@ -162,6 +250,17 @@ def from_mlflow(experiment: str, uri: str | None = None, parent: str | None = No
             return None
 
     return table, requests_of
+
+
+def _describe_parent(parents: list[Any], run_id: str) -> str:
+    """``'compare 2025-01-01_12-00-00' (run abc…, started 2025-01-01 12:00:00 UTC)``."""
+    import datetime as dt
+
+    run = next((r for r in parents if r.info.run_id == run_id), None)
+    if run is None:
+        return f"run {run_id}"
+    started = dt.datetime.fromtimestamp(run.info.start_time / 1000, dt.timezone.utc)
+    return f"{run.info.run_name!r} (run {run_id}, started {started:%Y-%m-%d %H:%M:%S} UTC)"
 
 
 def _search_all(client: Any, exp_id: str, filter_string: str) -> list[Any]:
@@ -200,7 +299,8 @@ def ci95(values: Iterable[float]) -> float:
 
 
 def aggregate(table: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
-    """Mean and 95% CI half-width (Student t over seeds) per combination of varying factors."""
+    """Mean, 95% CI half-width (Student t over seeds), minimum and maximum per combination of
+    varying factors."""
     ok = table[table["status"] == "ok"]
     metrics = [m for m in (metrics or KEY_METRICS) if m in ok.columns]
     by = varying_factors(table)
@@ -216,31 +316,62 @@ def aggregate(table: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataF
             vals = pd.to_numeric(g[m], errors="coerce")
             row[m] = float(vals.mean())
             row[f"{m}_ci95"] = ci95(vals)
+            row[f"{m}_min"] = float(vals.min())
+            row[f"{m}_max"] = float(vals.max())
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def format_summary(agg: pd.DataFrame, metrics: list[str] | None = None) -> str:
-    """The aggregate as text: ``mean ± ci95`` per metric."""
+    """The aggregate as text: ``mean ± ci95`` per metric, or ``mean (min–max)`` where fewer than
+    ``MIN_CI_N`` seeds make a CI meaningless; each column with one number of decimals."""
     if agg.empty:
         return "(no completed jobs)"
     metrics = [m for m in (metrics or ["throughput_rps", "latency_p99_s", "sla_violation_rate",
                                        "gpu_utilization", "slot_efficiency"]) if m in agg.columns]
     factors = varying_factors_of_agg(agg) + ["n"]
     out = agg[factors].copy()
+    n = agg["n"] if "n" in agg else pd.Series(1, index=agg.index)
     for m in metrics:
-        ci = agg[f"{m}_ci95"]
-        pct = m in ("sla_violation_rate", "gpu_utilization", "slot_efficiency")
-        out[m] = [_pm(v, c, pct) for v, c in zip(agg[m], ci)]
+        pct = m in PERCENT
+        scale = 100.0 if pct else 1.0
+        places = 1 if pct else decimals(agg[m] * scale)
+        lo, hi = agg.get(f"{m}_min", agg[m]), agg.get(f"{m}_max", agg[m])
+        out[m] = [_cell(v * scale, c * scale, a * scale, b * scale, int(k), places, "%" if pct else "")
+                  for v, c, a, b, k in zip(agg[m], agg[f"{m}_ci95"], lo, hi, n)]
     return out.to_string(index=False)
 
 
-def _pm(v: float, c: float, pct: bool) -> str:
+def decimals(values: pd.Series, digits: int = 3, most: int = 4) -> int:
+    """Decimals that give the column's smallest non-zero magnitude ``digits`` significant
+    digits (at most ``most``): one format per column, so the numbers line up and compare."""
+    v = pd.to_numeric(values, errors="coerce").abs()
+    v = v[(v > 0) & np.isfinite(v)]
+    if v.empty:
+        return 0
+    return int(min(most, max(0, digits - 1 - math.floor(math.log10(float(v.min()))))))
+
+
+def _cell(v: float, c: float, lo: float, hi: float, n: int, places: int, unit: str) -> str:
     if v != v:
         return "n/a"
-    if pct:
-        return f"{v:.1%}" + (f" ± {c:.1%}" if c == c else "")
-    return f"{v:.3g}" + (f" ± {c:.2g}" if c == c else "")
+    f = f"{{:.{places}f}}{unit}".format
+    if n < 2:
+        return f(v)
+    if n < MIN_CI_N or c != c:
+        return f"{f(v)} ({f(lo)}–{f(hi)})"
+    return f"{f(v)} ± {f(c)}"
+
+
+def small_n_note(agg: pd.DataFrame) -> str | None:
+    """A warning when some combination has too few seeds for a CI (None when all have enough)."""
+    if agg.empty or "n" not in agg:
+        return None
+    few = agg[(agg["n"] >= 2) & (agg["n"] < MIN_CI_N)]
+    if few.empty:
+        return None
+    return (f"note: {len(few)} of {len(agg)} combination(s) have fewer than {MIN_CI_N} seeds: shown as "
+            f"mean (min–max), not a 95% CI, which needs at least {MIN_CI_N} (add seeds, e.g. +sweep=seeds)")
 
 
 # --- capacity from a λ grid --------------------------------------------------------------------
@@ -338,6 +469,10 @@ def _line_panel(ax: Any, agg: pd.DataFrame, x: str, y: str, series: list[str], l
         else:
             mean, ci = g[y].to_numpy(float), err.fillna(0).to_numpy(float)
             err = [np.minimum(ci, np.maximum(mean, 0)), np.minimum(ci, 1 - mean) if share else ci]
+            few = (g["n"] < MIN_CI_N).to_numpy() if "n" in g else np.zeros(len(g), bool)
+            if few.any() and f"{y}_min" in g:   # too few seeds for a CI: the bars are the range
+                err[0] = np.where(few, mean - g[f"{y}_min"].to_numpy(float), err[0])
+                err[1] = np.where(few, g[f"{y}_max"].to_numpy(float) - mean, err[1])
         ax.errorbar(g[x].to_numpy(float), g[y].to_numpy(float), yerr=err, marker="o", capsize=3,
                     label=_series_label(g.iloc[0], series))
     if logx:
@@ -370,7 +505,8 @@ def _figure(panels: list[tuple[str, str]], agg: pd.DataFrame, x: str, path: Path
     if len(labels) > 1:
         axes[0][-1].legend(handles, labels, fontsize=7, loc="best")
     n = int(agg["n"].max()) if "n" in agg and len(agg) else 1
-    fig.suptitle(title + (f" (mean ± 95% CI over {n} seeds)" if n > 1 else ""), fontsize=10)
+    bars = "95% CI" if int(agg["n"].min()) >= MIN_CI_N else "range"
+    fig.suptitle(title + (f" (mean, bars: {bars} over {n} seeds)" if n > 1 else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -419,13 +555,15 @@ def latency_cdfs(table: pd.DataFrame, path: Path, requests_of: Callable[[pd.Seri
             if not lat:
                 continue
             x = np.sort(np.concatenate(lat))
+            x = x[x > 0]   # the log axis; a latency is never 0 (every request has a service time)
             if len(x) > max_points:
                 x = x[np.linspace(0, len(x) - 1, max_points).round().astype(int)]
             ax.plot(x, np.linspace(0, 1, len(x), endpoint=True) if len(x) > 1 else [1.0],
                     label=_series_label(g.iloc[0], others or ["scheduler"]))
             drew = True
         ax.set_title(", ".join(map(str, names)) if others else "latency CDF per scheduler", fontsize=10)
-        ax.set_xlabel("end-to-end latency (s)")
+        ax.set_xscale("log")   # tails of ~1,000 s beside medians of ~10 s: a linear axis hides the fast ones
+        ax.set_xlabel("end-to-end latency (s, log scale)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("fraction of completed requests")
@@ -468,7 +606,7 @@ def write_plots(table: pd.DataFrame, out_dir: Path,
 
 def write_report(table: pd.DataFrame, table_dir: Path, plot_root: Path, *, print_table: bool = True,
                  requests_of: Callable[[pd.Series], Path | None] | None = None,
-                 baseline: str | None = None) -> list[Path]:
+                 baseline: str | None = None, plots: bool = True) -> list[Path]:
     """``summary.csv`` / ``summary.parquet`` (one row per job), ``summary_mean_ci.csv``,
     ``capacity.csv`` (when λ varies) and ``plots/``; prints the summary."""
     table_dir.mkdir(parents=True, exist_ok=True)
@@ -484,23 +622,31 @@ def write_report(table: pd.DataFrame, table_dir: Path, plot_root: Path, *, print
     if not caps.empty:
         caps.to_csv(table_dir / "capacity.csv", index=False)
         files.append(table_dir / "capacity.csv")
-    plots = plot_root / "plots"
+    plot_dir = plot_root / "plots"
+    written = []
     try:
-        written = write_plots(table, plots, requests_of)
+        written = write_plots(table, plot_dir, requests_of) if plots else []
     except Exception as exc:  # noqa: BLE001 - the tables are written; say why a plot is missing
         print(f"warning: plots not written ({type(exc).__name__}: {exc})", file=sys.stderr)
-        written = []
     if written:
-        files.append(plots)
+        files.append(plot_dir)
     if print_table:
         failed = table[table["status"] != "ok"] if not table.empty else table
         print(f"{len(table)} job(s), {len(failed)} not ok")
         for _, row in failed.iterrows():
             print(f"  job {row['job']}: {row['status']} {row['error']}")
+        untracked = table[_untracked(table)]
+        if len(untracked):
+            print(f"{len(untracked)} job(s) not logged to MLflow:")
+            for _, row in untracked.iterrows():
+                print(f"  job {row['job']}: {row['tracking']}")
         print(format_summary(agg))
+        note = small_n_note(agg)
+        if note:
+            print(note, file=sys.stderr)
         for line in capacity_gains(caps, baseline):
             print(line)
-        print(f"tables in {table_dir}" + (f", plots in {plots}" if written else ""))
+        print(f"tables in {table_dir}" + (f", plots in {plot_dir}" if written else ""))
     return files
 
 
@@ -515,7 +661,9 @@ def _to_parquet(table: pd.DataFrame, path: Path) -> None:
     out.to_parquet(path, index=False)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Write the report; the exit status is 1 when a job is not ok (failed, unfinished, or its
+    files differ from what it wrote) or was not logged to MLflow, else 0."""
     parser = argparse.ArgumentParser(prog="python -m simsched.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", nargs="?", help="a multirun folder")
     parser.add_argument("--experiment", help="an MLflow experiment name (instead of a folder)")
@@ -545,6 +693,14 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError("--experiment", "the chosen sweep has no child runs", args.experiment)
         out = Path(args.out) if args.out else Path("report") / args.experiment
         write_report(table, out, out, requests_of=loader, baseline=args.baseline)
+    return int(bool((table["status"] != "ok").any() or _untracked(table).any()))
+
+
+def _untracked(table: pd.DataFrame) -> pd.Series:
+    """Rows whose MLflow logging failed or never finished."""
+    if "tracking" not in table:
+        return pd.Series(False, index=table.index)
+    return table["tracking"].astype(str).str.startswith(("failed", "pending"))
 
 
 def cli() -> None:
@@ -552,7 +708,8 @@ def cli() -> None:
     from simsched.errors import SimschedError
 
     try:
-        main()
+        code = main()
     except SimschedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
+    raise SystemExit(code)

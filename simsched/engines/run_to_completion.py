@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from simsched.batchers import sla_state
+from simsched.batchers import ControllerParams, sla_state
 from simsched.cluster import Gpus
 from simsched.engines.rtc_loop import serve
 from simsched.errors import ConfigError, SimschedError
@@ -133,14 +133,18 @@ def simulate(
     arrived_mask = np.ones(n, dtype=bool) if horizon_s is None else arrival <= horizon_s
     admitted = fits & arrived_mask
 
-    params = scheduler.batcher.params(eta)
     form = latency.kernel_form() if hasattr(latency, "kernel_form") else None
-    fast = form is not None and use_compiled(n, COMPILED_FROM_REQUESTS)
+    plugin = not hasattr(scheduler.batcher, "params")
+    fast = form is not None and not plugin and use_compiled(n, COMPILED_FROM_REQUESTS)
+    swaps: dict[str, Any] = {}
     if form is None:    # a model with batch_time only (a test double): the Python loop calls it
-        loop = with_globals(serve, form_time=lambda kind, c, b, L, P: latency.batch_time(b, L, P))
+        swaps["form_time"] = lambda kind, c, b, L, P: latency.batch_time(b, L, P)
         form = LatencyForm(-1, np.zeros(0))
+    if plugin:
+        params = _plugin_batcher(scheduler.batcher, eta, k_bins, swaps)
     else:
-        loop = compiled(serve) if fast else serve
+        params = scheduler.batcher.params(eta)
+    loop = with_globals(serve, **swaps) if swaps else compiled(serve) if fast else serve
     columns = (arrival, prompt, output, np.ascontiguousarray(predicted, dtype=np.int64),
                np.ascontiguousarray(bins, dtype=np.int32), admitted)
     if not fast:
@@ -154,6 +158,25 @@ def simulate(
                        gpus, t_end if horizon_s is None else float(horizon_s))
     check_conservation(res)
     return res
+
+
+def _plugin_batcher(batcher: Any, eta: int, k_bins: int, swaps: dict[str, Any]) -> ControllerParams:
+    """A batcher from an installed plug-in (README 'Your own components'): it has no
+    ``params`` for the compiled loop, so the Python loop calls one ``controller(eta)`` per
+    queue through ``size(waiting, mu, sigma)`` and ``observe(b, tbt)``; a size outside
+    [1, waiting] is clipped into it. Returns the loop's parameters that describe it."""
+    ctrls = [batcher.controller(eta) for _ in range(k_bins)]
+
+    def size(p: Any, waiting: Any, mu: Any, sigma: Any, s: Any, k: Any) -> int:
+        return max(1, min(int(ctrls[k].size(int(waiting), float(mu), float(sigma))), int(waiting)))
+
+    swaps["batch_size"] = size
+    swaps["sla_observe"] = lambda s, k, b, tau: ctrls[k].observe(int(b), float(tau))
+    b_max = int(batcher.max_batch)
+    return ControllerParams(fixed_size=0, min_batch=int(getattr(ctrls[0], "min_batch", 1)),
+                            memory_aware=bool(getattr(ctrls[0], "needs_memory", False)), sla_aware=True,
+                            b_min=1, b_max=b_max, d_sla=0.0, eps=0.0, alpha=1, delta=1, window=1,
+                            eta=float(eta), theta=0.0)
 
 
 def _batch_columns(nb: int, records: tuple, in_flight: np.ndarray) -> dict[str, np.ndarray]:

@@ -44,6 +44,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--checks", default="1,2,3,4,5,6,7", help="comma-separated check numbers (default: all)")
     p.add_argument("--reps", type=int, default=None, help="replications per point (default 5, quick 3)")
     p.add_argument("--seed", type=int, default=0, help="suite seed (default 0)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="processes for independent replications (check 5; default 1; results do not depend on it)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--experiment", default="simsched-validation", help="MLflow experiment name")
@@ -56,6 +58,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     bad = [c for c in args.check_ids if c not in CHECKS]
     if bad or not args.check_ids:
         p.error(f"--checks: unknown check {bad[0] if bad else args.checks!r}; allowed: 1-7")
+    if args.jobs < 1:
+        p.error(f"--jobs: needs at least 1 process (got {args.jobs})")
     if args.reps is not None and args.reps < 2:
         p.error(f"--reps: needs at least 2 replications for a confidence interval (got {args.reps})")
     return args
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     now = dt.datetime.now()
     out = args.out or Path("outputs") / "validate" / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S-%f")
     out.mkdir(parents=True, exist_ok=True)
-    settings = Settings(quick=args.quick, reps=args.reps, seed=args.seed)
+    settings = Settings(quick=args.quick, reps=args.reps, seed=args.seed, jobs=args.jobs)
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -118,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(module.run(settings, out))
     meta = {"command": " ".join(["python -m simsched.validate", *map(shlex.quote, argv)]), "commit": _commit(),
             "date": now.strftime("%Y-%m-%d %H:%M"), "quick": args.quick, "replications": settings.replications,
-            "seed": args.seed, "checks": ",".join(map(str, args.check_ids)), "wall_s": time.perf_counter() - t0}
+            "seed": args.seed, "checks": ",".join(map(str, args.check_ids)), "jobs": args.jobs,
+            "wall_s": time.perf_counter() - t0}
     files = write_report(out, results, meta)
     for c in results:
         print(f"{'PASS' if c.passed else 'FAIL'}  {c.title}  ({c.judged - c.failures}/{c.judged}, {c.wall_s:.0f} s)")

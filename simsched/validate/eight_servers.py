@@ -91,21 +91,34 @@ def simulated(values: np.ndarray, probs: np.ndarray, k: int, n: int, reps: int, 
     for r in range(reps):
         req = poisson_requests(lam, dist, n, rng(seed, 4, dist_id, r))
         res = run_sim(req, sched, LATENCY, gpus=GPUS, gen=rng(seed, 4, dist_id, r, 1))
-        out.append(compute_metrics(res, Sla(), SATURATED_WINDOW, LATENCY)["throughput_rps"])
+        out.append(compute_metrics(res, Sla(), SATURATED_WINDOW)["throughput_rps"])
     return out
 
 
+FITTED = (1, 32)       # the paper's points the length distributions are fitted to
+PAPER_TOL = 0.02       # under half the smallest step between adjacent paper values (+4.7%, k = 16 → 32)
+
+
 def check_distribution(label: str, values: np.ndarray, probs: np.ndarray, ks, n: int, reps: int, seed: int,
-                       dist_id: int) -> tuple[list[Row], list[tuple[str, bool]]]:
-    rows = []
+                       dist_id: int, judge_paper: bool = False) -> tuple[list[Row], list[tuple[str, bool]]]:
+    """Simulated vs exact threshold at every k (the simulator's check); with ``judge_paper``
+    also simulated vs the paper, judged only at the k the distribution was not fitted to."""
+    rows, paper_rows = [], []
     exact = thresholds(values, probs, ks)
     for k, e in zip(ks, exact):
         vals = simulated(values, probs, k, n, reps, seed, dist_id)
+        point = "fitted" if k in FITTED else "predicted"
         rows.append(Row(f"{label}, k = {k}", "threshold (req/s)", float(e), vals, tol_rel=0.01,
-                        extra={"paper": PAPER[k], "sim vs paper": f"{np.mean(vals) / PAPER[k] - 1:+.1%}"}))
+                        extra={"paper": PAPER[k], "sim vs paper": f"{np.mean(vals) / PAPER[k] - 1:+.1%}",
+                               "paper point": point}))
+        if judge_paper:
+            paper_rows.append(Row(f"{label}, k = {k}", "threshold vs paper (req/s)",
+                                  None if k in FITTED else PAPER[k], vals, tol_rel=PAPER_TOL,
+                                  extra={"paper": PAPER[k], "paper point": point + (
+                                      ": agrees by construction, not judged" if k in FITTED else "")}))
     means = np.array([r.mean for r in rows])
     steps = np.diff(means)
-    return rows, [(f"{label}: threshold increasing in k", bool(np.all(steps > 0))),
+    return rows + paper_rows, [(f"{label}: threshold increasing in k", bool(np.all(steps > 0))),
                   (f"{label}: diminishing returns (each doubling of k gains less than the one before)",
                    bool(np.all(np.diff(steps) < 0)))]
 
@@ -115,7 +128,7 @@ def _plot(rows: list[Row], labels: list[str], out: Path) -> str:
     ks = list(PAPER)
     ax.plot(ks, [PAPER[k] for k in ks], "k-s", label="paper (GSM8K lengths)")
     for label in labels:
-        sel = [r for r in rows if r.point.startswith(label)]
+        sel = [r for r in rows if r.point.startswith(label) and r.quantity == "threshold (req/s)"]
         line, = ax.plot(ks, [r.expected for r in sel], "--", label=f"exact: {label}")
         ax.errorbar(ks, [r.mean for r in sel], yerr=[r.half for r in sel], fmt="o", color=line.get_color(),
                     capsize=3, label=f"simulated: {label}")
@@ -135,9 +148,12 @@ def run(settings: Settings, out: Path) -> CheckResult:
     mean_ln = float(np.sum(v_ln * p_ln))
     ln_label = f"log-normal (median {med:.1f}, σ {sig:.3f})"
     un_label = f"uniform U{{{a}..{b}}}"
-    rows, conds = check_distribution(ln_label, v_ln, p_ln, ks, n, reps, settings.seed, 0)
+    ln_rows, conds = check_distribution(ln_label, v_ln, p_ln, ks, n, reps, settings.seed, 0, judge_paper=True)
     v_un = np.arange(a, b + 1)
     r2, c2 = check_distribution(un_label, v_un, np.ones(len(v_un)), ks, n, reps, settings.seed, 1)
+    rows = [r for r in ln_rows if r.quantity == "threshold (req/s)"]
+    paper_rows = [r for r in ln_rows if r not in rows]
+    interior = tuple(k for k in ks if k not in FITTED)
     setup = (
         f"{GPUS} GPUs, `multi_bin_static` with `FixedBatcher({B}, full_batches_only=True)`, latency "
         f"`SeedForm(alpha_s=0, beta_s={STEP_S}, gamma=0)` (T = {STEP_S}·max L s, linear per token, no batch "
@@ -151,11 +167,17 @@ def run(settings: Settings, out: Path) -> CheckResult:
         "fitted the same way (Theorem 4.2's model). Expected = the exact saturated throughput of that "
         "distribution (`theory.saturated_throughput`); the verdict judges the simulator against it (CI "
         "widened by 1%); the paper's figure is beside it, with the difference, and the shape conditions "
-        "(increasing, diminishing returns) are judged on the simulated values.")
+        "(increasing, diminishing returns) are judged on the simulated values.\n\n"
+        "**Against the paper, only the points not fitted are judged.** The log-normal agrees with the paper "
+        "at k = 1 and k = 32 by construction (its two parameters were fitted there), so those rows are "
+        f"*info*; the rows *threshold vs paper* judge the simulated log-normal thresholds at k = "
+        f"{', '.join(map(str, interior))} against the paper's figures within {PAPER_TOL:.0%} (under half the "
+        "smallest step between adjacent paper values, +4.7% from k = 16 to 32, so a judged point cannot pass "
+        "as its neighbour). The uniform is shown to make the point that the shape of the length distribution "
+        "matters; it is not judged against the paper.")
     def vs_paper(rs: list[Row], ks_: tuple[int, ...]) -> float:
         return max(abs(r.mean / PAPER[k] - 1.0) for r, k in zip(rs, ks) if k in ks_)
 
-    interior = (2, 4, 8, 16)
     discussion = (
         f"The simulator matches the exact thresholds of both distributions (largest deviation "
         f"{max(abs(r.rel_diff) for r in rows + r2):.2%}). Against the paper: the log-normal, fitted only at "
@@ -169,6 +191,6 @@ def run(settings: Settings, out: Path) -> CheckResult:
         "finite grid and finite runs reads slightly lower or higher); (3) integer lengths make equal-mass "
         "bins only approximately equal at k = 32 (about 2–3 distinct lengths per bin), which the exact "
         "value accounts for but the paper's bins may have handled differently.")
-    return CheckResult("c4_eight_servers", "4. Multi-Bin's 8-server experiment (shape)", setup, rows + r2,
-                       conds + c2, [_plot(rows + r2, [ln_label, un_label], out)], discussion=discussion,
+    return CheckResult("c4_eight_servers", "4. Multi-Bin's 8-server experiment (shape)", setup,
+                       rows + r2 + paper_rows, conds + c2, [_plot(rows + r2, [ln_label, un_label], out)], discussion=discussion,
                        wall_s=time.perf_counter() - t0)

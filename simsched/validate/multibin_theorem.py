@@ -61,7 +61,7 @@ def saturated_runs(B: int, k: int, l_min: float, l_max: float, n: int, reps: int
     for r in range(reps):
         req = poisson_requests(lam, lengths(l_min, l_max), n, rng(seed, 2, setting, r))
         res = run_sim(req, multi_bin_static(B, k, l_min, l_max), LATENCY, gen=rng(seed, 2, setting, r, 1))
-        out.append(compute_metrics(res, Sla(), SATURATED_WINDOW, LATENCY)["throughput_rps"])
+        out.append(compute_metrics(res, Sla(), SATURATED_WINDOW)["throughput_rps"])
     return out
 
 

@@ -46,7 +46,7 @@ def simulated(k: int, p_e: float, n: int, reps: int, seed: int) -> list[float]:
         req = poisson_requests(lam, lengths(L_MIN, L_MAX), n, rng(seed, 3, r))
         res = run_sim(req, multi_bin_static(B, k, L_MIN, L_MAX), LATENCY, predictor=Noisy(sigma=0.0, p_e=p_e),
                       gen=rng(seed, 3, r, 1))
-        out.append(compute_metrics(res, Sla(), SATURATED_WINDOW, LATENCY)["throughput_rps"])
+        out.append(compute_metrics(res, Sla(), SATURATED_WINDOW)["throughput_rps"])
     return out
 
 

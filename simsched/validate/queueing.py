@@ -68,7 +68,7 @@ def check_queueing(services: dict[str, Any], loads: tuple[float, ...], n_request
             for r in range(reps * (3 if heavy else 2 if rho > 0.5 else 1)):
                 req = poisson_requests(lam, dist, n_requests * (2 if heavy else 1), rng(seed, 1, si, li, r))
                 res = run_sim(req, sched, latency)
-                waits.append(compute_metrics(res, Sla(), Window(0.1), latency)["queue_delay_mean_s"])
+                waits.append(compute_metrics(res, Sla(), Window(0.1))["queue_delay_mean_s"])
             rows.append(Row(f"{name}, ρ = {rho}", "mean queueing delay (s)", pk_wait(lam, es, es2), waits,
                             tol_rel=tol_rel, max_half_rel=max_half_rel * (2 if heavy else 1)))
     return rows

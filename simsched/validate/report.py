@@ -58,6 +58,7 @@ def write_report(out: Path, results: list[CheckResult], meta: dict[str, Any]) ->
         "",
         f"Command: `{meta['command']}` · commit `{meta['commit']}` · {meta['date']} · "
         f"{meta['replications']} replications per point · seed {meta['seed']} · total {meta['wall_s']:.0f} s"
+        + (f" ({meta['jobs']} processes)" if meta.get("jobs", 1) > 1 else "")
         + (" · **quick mode (reduced sizes: a smoke run, not evidence)**" if meta.get("quick") else ""),
         "",
         "Each row states the expected value, the simulated mean over replications with different seeds "

@@ -5,7 +5,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simsched.errors import ConfigError, check_positive
+from simsched.errors import ConfigError, check_positive, check_range
+
+# Gamma shapes numpy samples faithfully: below 1e-4 (CV above 100) almost every gap underflows
+# to 0 and no practical sample shows the CV; above 1e12 (CV below 1e-6) the gaps are constant.
+SHAPES = (1e-4, 1e12)
+_SHAPE_WHY = "a Gamma shape between 1e-4 and 1e12, where numpy's sampler is faithful"
+# An ON/OFF sample is drawn period by period: more periods than this would take minutes.
+MAX_PERIODS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -43,12 +50,17 @@ class Gamma:
                               self.rate)
         if self.rate is not None:
             check_positive("rate", self.rate)
-            check_positive("cv", self.cv)
+            check_range("cv", self.cv, SHAPES[1] ** -0.5, SHAPES[0] ** -0.5, _SHAPE_WHY)
         else:
             if self.shape is None or self.scale is None:
                 raise ConfigError("shape", "give shape and scale, or rate and cv")
-            check_positive("shape", self.shape)
+            check_range("shape", self.shape, *SHAPES, _SHAPE_WHY)
             check_positive("scale", self.scale)
+        shape, scale = self.params
+        if not 0 < shape * scale < float("inf") or not 0 < scale < float("inf"):
+            raise ConfigError("rate" if self.rate is not None else "scale",
+                              "gives a mean inter-arrival time that is not a positive finite number",
+                              self.rate if self.rate is not None else self.scale)
 
     @property
     def params(self) -> tuple[float, float]:
@@ -87,6 +99,16 @@ class OnOff:
     def mean_rate(self) -> float:
         on, off = self.mean_on_s, self.mean_off_s
         return (self.rate_on * on + self.rate_off * off) / (on + off)
+
+    def check_count(self, n: int) -> None:
+        """Refuse a sample that needs more than ``MAX_PERIODS`` ON/OFF periods (e.g.
+        ``rate_on=1e-9``: the loop would run for hours, one period at a time)."""
+        per_cycle = self.rate_on * self.mean_on_s + self.rate_off * self.mean_off_s
+        periods = 2.0 * n / per_cycle if per_cycle > 0 else float("inf")
+        if not periods <= MAX_PERIODS:
+            raise ConfigError("rate_on", f"{n} requests at {per_cycle:.3g} arrivals per ON/OFF cycle need "
+                                         f"~{periods:.3g} periods (at most {MAX_PERIODS:,}); raise rate_on "
+                                         f"or mean_on_s", self.rate_on)
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         out: list[np.ndarray] = []
@@ -131,7 +153,7 @@ class WindowedGamma:
         for r in self.rates:
             check_positive("rates", r, allow_zero=True)
         for k in self.shapes:
-            check_positive("shapes", k)
+            check_range("shapes", k, *SHAPES, _SHAPE_WHY)
         if not any(r > 0 for r in self.rates):
             raise ConfigError("rates", "at least one window needs a rate > 0")
 

@@ -5,7 +5,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simsched.errors import ConfigError, check_positive, check_probability
+from simsched.errors import ConfigError, check_positive, check_probability, check_range
+from simsched.workloads.requests import MAX_TOKENS
 
 
 @dataclass(frozen=True)
@@ -15,7 +16,7 @@ class Fixed:
     value: int = 128
 
     def __post_init__(self) -> None:
-        check_positive("value", self.value, integer=True)
+        _check_tokens("value", self.value)
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return np.full(n, int(self.value), dtype=np.int64)
@@ -29,8 +30,8 @@ class Uniform:
     high: int = 512
 
     def __post_init__(self) -> None:
-        check_positive("low", self.low, integer=True)
-        check_positive("high", self.high, integer=True)
+        _check_tokens("low", self.low)
+        _check_tokens("high", self.high)
         if self.high < self.low:
             raise ConfigError("high", f"must be >= low ({self.low})", self.high)
 
@@ -72,7 +73,7 @@ class Zipf:
     def __post_init__(self) -> None:
         check_positive("x_min", self.x_min)
         check_positive("exponent", self.exponent)
-        check_positive("maximum", self.maximum, integer=True)
+        _check_tokens("maximum", self.maximum)
         if self.maximum < self.x_min:
             raise ConfigError("maximum", f"must be >= x_min ({self.x_min})", self.maximum)
 
@@ -122,7 +123,7 @@ class Empirical:
         if len(self.values) == 0:
             raise ConfigError("values", "must not be empty")
         for v in self.values:
-            check_positive("values", v, integer=True)
+            _check_tokens("values", v)
         if self.weights is not None:
             if len(self.weights) != len(self.values):
                 raise ConfigError("weights", f"must have one weight per value ({len(self.values)})",
@@ -141,8 +142,13 @@ class Empirical:
         return rng.choice(values, size=n, p=p)
 
 
+def _check_tokens(key: str, value: int) -> None:
+    check_positive(key, value, integer=True)
+    check_range(key, value, 1, MAX_TOKENS, "tokens per request")
+
+
 def _check_bounds(minimum: int, maximum: int) -> None:
-    check_positive("minimum", minimum, integer=True)
-    check_positive("maximum", maximum, integer=True)
+    _check_tokens("minimum", minimum)
+    _check_tokens("maximum", maximum)
     if maximum < minimum:
         raise ConfigError("maximum", f"must be >= minimum ({minimum})", maximum)

@@ -6,7 +6,17 @@ from typing import Any
 
 import numpy as np
 
-from simsched.errors import SimschedError
+from simsched.errors import ConfigError, SimschedError
+
+# Bounds that keep every sum the engine forms exact in int64 and float64: a request of at most
+# MAX_TOKENS prompt or output tokens (no model has a context near a billion tokens; a token
+# count near 2**63 would wrap to a negative KV size), and arrivals within MAX_ARRIVAL_S seconds
+# (31.7 years), where a float64 clock still resolves 0.12 microseconds.
+MAX_TOKENS = 1_000_000_000
+MAX_ARRIVAL_S = 1e9
+# Peak memory per simulated request (request table, engine state, results and Parquet
+# output): 224 B measured between 1M and 10M requests (README "Speed"); rounded up.
+BYTES_PER_REQUEST = 250
 
 
 @dataclass
@@ -37,6 +47,9 @@ class RequestTable:
             raise SimschedError("request table columns have different lengths")
         if n and not np.all(np.isfinite(self.arrival)):
             raise SimschedError("request arrival times must be finite")
+        if n and self.arrival[-1] - self.arrival[0] > MAX_ARRIVAL_S:
+            raise SimschedError(f"requests arrive over {self.arrival[-1] - self.arrival[0]:.3g} s, more than "
+                                f"{MAX_ARRIVAL_S:g} s (the clock would lose sub-microsecond precision)")
         if n > 1 and np.any(np.diff(self.arrival) < 0):
             raise SimschedError("request arrival times must be sorted (non-decreasing)")
         if np.any(self.output < 1):
@@ -54,6 +67,36 @@ class RequestTable:
             self.hash_values = np.ascontiguousarray(self.hash_values, dtype=np.int64)
             if len(self.hash_offsets) != n + 1 or self.hash_offsets[-1] != len(self.hash_values):
                 raise SimschedError("hash id offsets do not match the requests")
+        if n and max(int(self.prompt.max()), int(self.output.max())) > MAX_TOKENS:
+            raise SimschedError(f"a request has more than {MAX_TOKENS:,} prompt or output tokens")
 
     def __len__(self) -> int:
         return len(self.arrival)
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes (None where the OS does not say)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(key: str, n: int, available: int | None = None) -> None:
+    """Refuse ``n`` requests that cannot fit in memory before allocating anything: an estimate
+    of ``BYTES_PER_REQUEST`` each against the machine's physical memory (or ``available``)."""
+    available = physical_memory() if available is None else available
+    need = int(n) * BYTES_PER_REQUEST
+    if available is not None and need > available:
+        raise ConfigError(key, f"needs about {_bytes(need)} of memory ({BYTES_PER_REQUEST} B per request), "
+                               f"more than this machine's {_bytes(available)}", n)
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000:
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} PB"

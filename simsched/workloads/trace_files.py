@@ -2,8 +2,9 @@
 
 The CSV is parsed by pyarrow in streamed blocks, only the needed columns, typed while parsing,
 so a multi-GB file never sits in memory as text. The typed table is cached as Parquet, keyed by
-the file's path, size and modification time, so a sweep parses each trace once. Only when the
-fast parser rejects the file is it re-read row by row, to name the offending line and column.
+a hash of the file's content (an edit that keeps size and modification time still misses), so
+a sweep parses each trace once. Only when the fast parser rejects the file is it re-read row by
+row, to name the offending line and column.
 
 Line numbers are physical lines of the file (the header is line 1); this holds as long as no
 quoted field spans several lines, which neither published schema has.
@@ -26,8 +27,11 @@ if TYPE_CHECKING:   # pandas is imported where a trace is parsed: it costs 0.6 s
     import pandas as pd
 
 from simsched.errors import InputError
+from simsched.workloads.requests import MAX_TOKENS
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+# Datetimes a nanosecond int64 clock holds (pyarrow and pandas): 1677-09-21 to 2262-04-11.
+_YEARS = (1678, 2261)
 
 
 @dataclass(frozen=True)
@@ -88,10 +92,12 @@ def read_header(path: str | os.PathLike) -> list[str]:
     if not p.is_file():
         raise InputError(str(path), "not a file")
     try:
-        with open(p, newline="", encoding="utf-8-sig") as f:
-            first = next(csv.reader(f), None)
-    except (OSError, UnicodeDecodeError) as exc:
+        with open(p, "rb") as f:
+            raw = f.readline()
+    except OSError as exc:
         raise InputError(str(path), f"cannot read: {exc}") from None
+    text = _decode(str(path), raw, 1, None, "utf-8-sig")
+    first = next(csv.reader([text]), None)
     if not first:
         raise InputError(str(path), "empty file (no header line)", line=1)
     return [c.strip() for c in first]
@@ -132,9 +138,14 @@ def load_trace(path: str | os.PathLike, schema: TraceSchema | None = None,
 
 
 def _cache_path(path: Path, schema: TraceSchema, cache_dir: str | os.PathLike) -> Path:
-    st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{schema.name}|{CACHE_VERSION}"
-    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    """The cache file of a trace: named by the SHA-256 of its bytes (about the cost of reading
+    the file once), so any edit misses, whatever it does to size and mtime."""
+    try:
+        with open(path, "rb") as f:
+            content = hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as exc:
+        raise InputError(str(path), f"cannot read: {exc}") from None
+    digest = hashlib.sha256(f"{content}|{schema.name}|{CACHE_VERSION}".encode()).hexdigest()[:16]
     return Path(cache_dir) / f"{path.stem}-{schema.name}-{digest}.parquet"
 
 
@@ -207,9 +218,9 @@ def _parse(path: Path, schema: TraceSchema, header: list[str]) -> tuple[pd.DataF
         if c is None:
             continue
         v = col(c).to_numpy(zero_copy_only=False)[keep].astype(np.int64)
-        bad = np.flatnonzero(v < 0)
+        bad = np.flatnonzero((v < 0) | (v > MAX_TOKENS))
         if bad.size:
-            raise InputError(str(path), f"token count must be >= 0 (got {v[bad[0]]})", int(line[keep][bad[0]]), c)
+            raise InputError(str(path), _count_problem(int(v[bad[0]])), int(line[keep][bad[0]]), c)
         out[canon] = v
     frame = pd.DataFrame(out)
     for canon, c in CANONICAL.items():
@@ -220,30 +231,53 @@ def _parse(path: Path, schema: TraceSchema, header: list[str]) -> tuple[pd.DataF
 
 
 def _locate_bad_cell(path: Path, schema: TraceSchema, header: list[str], exc: BaseException) -> InputError:
-    """Slow path, only for a file the fast parser rejected: find the first bad line/column."""
+    """Slow path, only for a file the fast parser rejected: find the first bad line/column.
+    Lines are read as bytes and decoded one by one, so a byte that is not UTF-8 is named by
+    its line and column too."""
     index = {name: i for i, name in enumerate(header)}
     ints = [c for c in (schema.prompt, schema.output, schema.total) if c]
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            next(reader, None)
-            for row in reader:
-                line = reader.line_num
-                if not row:
-                    continue
-                if len(row) != len(header):
-                    return InputError(str(path), f"expected {len(header)} fields, found {len(row)}", line)
-                value = row[index[schema.time]].strip()
-                if value and not _parses_time(value, schema):
-                    kind = "a datetime (YYYY-MM-DD HH:MM:SS[.fffffff])" if schema.datetime_time else "a number"
-                    return InputError(str(path), f"timestamp is not {kind}: {value!r}", line, schema.time)
-                for c in ints:
-                    value = row[index[c]].strip()
-                    if value and not _is_int(value):
-                        return InputError(str(path), f"token count is not an integer: {value!r}", line, c)
-    except UnicodeDecodeError as err:
-        return InputError(str(path), f"not UTF-8 text ({err.reason} at byte {err.start})")
+    with open(path, "rb") as f:
+        f.readline()
+        for line, raw in enumerate(f, start=2):
+            text = raw.decode("utf-8", errors="surrogateescape")
+            row = next(csv.reader([text]), [])
+            if not row:
+                continue
+            if len(row) != len(header):
+                return InputError(str(path), f"expected {len(header)} fields, found {len(row)}", line)
+            for name, value in zip(header, row):
+                _decode(str(path), value.encode("utf-8", errors="surrogateescape"), line, name)
+            value = row[index[schema.time]].strip()
+            problem = _time_problem(value, schema) if value else None
+            if problem:
+                return InputError(str(path), problem, line, schema.time)
+            for c in ints:
+                value = row[index[c]].strip()
+                if value and not _is_int(value):
+                    return InputError(str(path), f"token count is not an integer: {value!r}", line, c)
+                if value and _count_problem(int(value)):
+                    return InputError(str(path), _count_problem(int(value)), line, c)
     return InputError(str(path), "cannot parse: " + " ".join(str(exc).split()))
+
+
+def _decode(path: str, raw: bytes, line: int, column: str | None, encoding: str = "utf-8") -> str:
+    """Bytes as text, or an InputError naming the line (and column) of a byte that is not UTF-8."""
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        bad = raw[err.start:err.start + 1].hex()
+        raise InputError(path, f"not UTF-8 text (byte 0x{bad} at byte {err.start + 1} of the "
+                               f"{'field' if column else 'line'}); save the file as UTF-8", line, column) from None
+
+
+def _count_problem(value: int) -> str:
+    """Why a token count is unusable ("" if it is fine): negative, or so large that sums of
+    counts could wrap around in int64."""
+    if value < 0:
+        return f"token count must be >= 0 (got {value})"
+    if value > MAX_TOKENS:
+        return f"token count must be <= {MAX_TOKENS:,} (got {value})"
+    return ""
 
 
 def _is_int(value: str) -> bool:
@@ -254,15 +288,20 @@ def _is_int(value: str) -> bool:
     return True
 
 
-def _parses_time(value: str, schema: TraceSchema) -> bool:
-    if schema.datetime_time:
+def _time_problem(value: str, schema: TraceSchema) -> str | None:
+    """Why a timestamp cell is unusable (None: it is fine)."""
+    if not schema.datetime_time:
         try:
-            datetime.fromisoformat(value)
+            float(value)
         except ValueError:
-            return False
-        return True
+            return f"timestamp is not a number: {value!r}"
+        return None
     try:
-        float(value)
+        when = datetime.fromisoformat(value)
     except ValueError:
-        return False
-    return True
+        return f"timestamp is not a datetime (YYYY-MM-DD HH:MM:SS[.fffffff]): {value!r}"
+    if when.tzinfo is not None:
+        return f"timestamp has a time zone: {value!r}; write local times without a zone, as the Azure traces do"
+    if not _YEARS[0] <= when.year <= _YEARS[1]:
+        return f"timestamp is outside the years {_YEARS[0]}-{_YEARS[1]} a nanosecond clock holds: {value!r}"
+    return None

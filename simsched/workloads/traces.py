@@ -15,7 +15,7 @@ from functools import cached_property
 import numpy as np
 
 from simsched.errors import ConfigError, InputError, check_positive
-from simsched.workloads.requests import RequestTable
+from simsched.workloads.requests import MAX_ARRIVAL_S, RequestTable
 from simsched.workloads.trace_files import AZURE, BURSTGPT, CANONICAL, TraceSchema, load_trace, match_schema
 
 DEFAULT_CACHE_DIR = ".cache/simsched/traces"
@@ -143,6 +143,11 @@ class TraceReplay:
                 raise InputError(path, "target_rate needs at least two distinct timestamps in the selection",
                                  column=s.time)
             scale = float(self.target_rate) * span / (len(idx) - 1)
+        if sel_t[-1] / scale > MAX_ARRIVAL_S:
+            key = "target_rate" if self.target_rate is not None else "rps_scale"
+            raise ConfigError(key, f"stretches the trace's {sel_t[-1]:.6g} s to {sel_t[-1] / scale:.3g} s, more "
+                                   f"than {MAX_ARRIVAL_S:g} s (the clock would lose sub-microsecond precision)",
+                              getattr(self, key))
         prompt, output = prompt[idx], output[idx]
         info = {
             "trace_rows": len(t),

@@ -1,0 +1,1 @@
+"""Config options this plug-in adds (hydra.searchpath=[pkg://pow2_batcher.conf])."""
