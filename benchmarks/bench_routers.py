@@ -48,9 +48,10 @@ def main() -> None:
             return res.counters["loop_cpu_ms"] / 1000, res.counters
 
         for name in ROUTERS[1:]:
-            rr, mine, counters = [], [], {}
+            rr, mine, counters, rr_counters = [], [], {}, {}
             for _ in range(args.repeat):
-                rr.append(loop_cpu("round_robin")[0])
+                t, rr_counters = loop_cpu("round_robin")
+                rr.append(t)
                 t, counters = loop_cpu(name)
                 mine.append(t)
             base = statistics.median(rr)
@@ -58,7 +59,9 @@ def main() -> None:
                          "round_robin_loop_cpu_s": round(base, 3), "loop_cpu_s": round(statistics.median(mine), 3),
                          "ratio_to_round_robin": round(statistics.median(mine) / base, 3),
                          "loop_requests_per_cpu_s": round(len(req) / statistics.median(mine)),
-                         "jumped_steps_share": round(counters["jumped_steps"] / max(counters["steps"], 1), 3)})
+                         "jumped_steps_share": round(counters["jumped_steps"] / max(counters["steps"], 1), 3),
+                         "round_robin_jumped_steps_share": round(rr_counters["jumped_steps"]
+                                                                 / max(rr_counters["steps"], 1), 3)})
             print(json.dumps(rows[-1]), flush=True)
 
 
