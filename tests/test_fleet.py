@@ -66,7 +66,7 @@ def test_pool_metrics_add_up_to_the_whole(tmp_path):
     table = pq.read_table(tmp_path / "requests.parquet").to_pandas()
     counts = table["pool"].astype(str).value_counts()
     assert {p: int(counts[p]) for p in pools} == {p: metrics[f"pool.{p}.routed"] for p in pools}
-    # least_tokens weighs by speed: an H100 replica takes more requests than an A100 one.
+    # The faster H100 replicas serve more requests each (see also the speed-weighting test below).
     assert metrics["pool.h100.routed"] / 2 > metrics["pool.a100.routed"] / 4
 
 
@@ -98,3 +98,18 @@ def test_bad_pool_on_the_command_line_is_one_line_exit_2(tmp_path):
     assert proc.returncode == 2
     lines = [x for x in proc.stderr.strip().splitlines() if x.strip()]
     assert len(lines) == 1 and "gpus.pools[0].count" in lines[0], proc.stderr
+
+
+def test_least_tokens_weighs_replicas_by_speed():
+    """Three equal requests at once on [A100, H100]: the first goes to replica 0 (tie), the
+    second to the empty H100; the third sees equal tokens on both, and only speed weighting
+    sends it to the faster H100 (T/1 < T/speed_A100)."""
+    from simsched.engines.continuous.routing import Router
+
+    h100, a100 = (Roofline(gpu=g) for g in ("h100", "a100_80gb"))
+    pools = (PoolSpec("a100", Hardware(1, 40000, "a100_80gb", 80), a100.step_model),
+             PoolSpec("h100", Hardware(1, 40000, "h100", 80), h100.step_model))
+    req = RequestTable(np.zeros(3), np.full(3, 100), np.full(3, 50))
+    res, _ = simulate_continuous(req, ContinuousEngine(), h100.step_model, Hardware(2, 40000, "h100", 80, pools),
+                                 router=Router("least_tokens"), predicted=np.full(3, 50))
+    assert list(res.pool) == [0, 1, 1]
