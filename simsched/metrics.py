@@ -64,22 +64,30 @@ def censored_times(res: SimResult) -> dict[str, np.ndarray]:
     req = res.requests
     horizon = float(res.end_time)
     unfinished = res.status == UNFINISHED
-    waited = horizon - req.arrival
-    latency_s = np.where(unfinished, waited, res.finish - req.arrival)
-    started = ~np.isnan(res.start) & (res.start <= horizon)
-    queue_s = np.where(unfinished & ~started, waited, res.start - req.arrival)
-    first_known = ~np.isnan(res.first_token) & (res.first_token <= horizon)
-    ttft_s = np.where(unfinished & ~first_known, waited, res.first_token - req.arrival)
+    # start, finish and first_token are gathered from the batches on each read: read each once.
+    start, finish, first_token = res.start, res.finish, res.first_token
+    latency_s = finish - req.arrival
+    queue_s = start - req.arrival
+    ttft_s = first_token - req.arrival
+    if unfinished.any():
+        waited = horizon - req.arrival
+        latency_s = np.where(unfinished, waited, latency_s)
+        started = ~np.isnan(start) & (start <= horizon)
+        queue_s = np.where(unfinished & ~started, waited, queue_s)
+        first_known = ~np.isnan(first_token) & (first_token <= horizon)
+        ttft_s = np.where(unfinished & ~first_known, waited, ttft_s)
     return {"latency": latency_s, "queue_delay": queue_s, "ttft": ttft_s}
 
 
-def sla_outcomes(res: SimResult, sla: Sla) -> tuple[np.ndarray, np.ndarray]:
+def sla_outcomes(res: SimResult, sla: Sla,
+                 times: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(violates, decided) per request. A completed request violates when it broke a limit.
     An unfinished one is a violation when a limit is already broken at the horizon (its
     deadline has passed, its first token is later than the TTFT limit, or its batch's TBT is
     over the limit); otherwise it is undecided, and it is counted as a violation too, so that
-    cutting a run short can never make the SLA look better (``decided`` tells them apart)."""
-    t = censored_times(res)
+    cutting a run short can never make the SLA look better (``decided`` tells them apart).
+    ``times``: ``censored_times(res)`` when the caller has it already (three arrays per request)."""
+    t = censored_times(res) if times is None else times
     late = t["latency"] > sla.latency_s
     if sla.ttft_s is not None:
         late |= t["ttft"] > sla.ttft_s
@@ -119,7 +127,7 @@ def compute_metrics(res: SimResult, sla: Sla, window: Window, *,
     in_window = (req.arrival >= lo) & (req.arrival <= hi)
     measured = (done | (res.status == UNFINISHED)) & in_window
     times = censored_times(res)
-    violate, decided = sla_outcomes(res, sla)
+    violate, decided = sla_outcomes(res, sla, times)
     finished_in = done & (res.finish >= lo) & (res.finish <= hi)
     rejected_in = (res.status == REJECTED) & in_window
 

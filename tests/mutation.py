@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ENGINE = "simsched/engines/run_to_completion.py"
+ENGINE = "simsched/engines/run_to_completion.py"   # simulate, check_conservation
+LOOP = "simsched/engines/rtc_loop.py"               # serve: the event loop (also compiled)
 
 # The fast subset the mutants must fail: controller, engine, bins, metrics, reference engine,
 # properties, reduced validation checks (in this order: cheap, targeted files first).
@@ -58,19 +59,18 @@ class Mutant:
 
 
 MUTANTS = [
-    Mutant("feedback_constant", ENGINE,
-           "self.ctl[k].observe(b, self.b_tbt[bid])", "self.ctl[k].observe(b, 0.03)",
+    Mutant("feedback_constant", LOOP,
+           "sla_observe(sla, k, b, b_tbt[bid])", "sla_observe(sla, k, b, 0.03)",
            "Algorithm 2 fed a constant 30 ms instead of the observed TBT (REFERENCE §7)"),
-    Mutant("feedback_model_computed", ENGINE,
-           "self.ctl[k].observe(b, self.b_tbt[bid])", "self.ctl[k].observe(b, T(b, 2, 0.0) - T(b, 1, 0.0))",
+    Mutant("feedback_model_computed", LOOP,
+           "sla_observe(sla, k, b, b_tbt[bid])",
+           "sla_observe(sla, k, b, form_time(lat_kind, lat_coefs, b, 2, 0.0) - form_time(lat_kind, lat_coefs, b, 1, 0.0))",
            "Algorithm 2 fed the model's context-free step time of b, not the batch's observed TBT"),
-    Mutant("batch_time_mean_member", ENGINE,
-           "L = int(self.out[k][h0]) if b == 1 else int(self.out[k][h0:h1].max())",
-           "L = int(self.out[k][h0]) if b == 1 else int(self.out[k][h0:h1].mean())",
+    Mutant("batch_time_mean_member", LOOP,
+           "return longest, prompt_sum, output_sum", "return output_sum // (hi - lo), prompt_sum, output_sum",
            "a batch lasts as long as its mean member instead of its longest"),
-    Mutant("batch_time_first_member", ENGINE,
-           "L = int(self.out[k][h0]) if b == 1 else int(self.out[k][h0:h1].max())",
-           "L = int(self.out[k][h0])",
+    Mutant("batch_time_first_member", LOOP,
+           "return longest, prompt_sum, output_sum", "return output[members[lo]], prompt_sum, output_sum",
            "a batch lasts as long as its first member instead of its longest"),
     Mutant("bin_boundaries_shifted", "simsched/scheduler.py",
            "np.quantile(sample.astype(float), np.arange(1, k) / k)",
@@ -83,35 +83,39 @@ MUTANTS = [
     Mutant("bins_look_ahead", "simsched/scheduler.py",
            "if self.boundaries is None and int(self.k_bins) > 1:", "if False:",
            "warm-up requests binned by cut points from requests that have not arrived yet"),
-    Mutant("fifo_broken_inside_bin", ENGINE,
-           'grouped = valid[np.argsort(bins[valid], kind="stable")]',
-           "grouped = valid[np.lexsort((predicted[valid], bins[valid]))]",
+    # The bin's waiting requests (members[lo:arrived]) re-ordered by prediction before each batch
+    # is taken (stable: ties keep arrival order); numba compiles it too.
+    Mutant("fifo_broken_inside_bin", LOOP,
+           "                lo = first[k] + heads[k]\n",
+           "                lo = first[k] + heads[k]\n"
+           "                seg = members[lo:first[k] + arrived[k]].copy()\n"
+           "                keys = np.empty(len(seg))\n"
+           "                for j in range(len(seg)):\n"
+           "                    keys[j] = predicted[seg[j]]\n"
+           "                members[lo:first[k] + arrived[k]] = seg[np.argsort(keys, kind=\"mergesort\")]\n",
            "inside a bin, requests served shortest predicted first instead of in arrival order"),
-    Mutant("memory_fed_true_lengths", ENGINE,
-           "            mo = self.cpred[k][a] / a\n            vo = self.cpred2[k][a] / a - mo * mo",
-           "            mo = self.cout[k][a] / a\n            vo = self.cout2[k][a] / a - mo * mo",
+    # Until a bin's first completion Algorithm 1 reads the output sums of its arrived requests.
+    Mutant("memory_fed_true_lengths", LOOP,
+           "q = float(predicted[row])", "q = float(output[row])",
            "Algorithm 1 estimates from the true outputs of queued requests (REFERENCE §7)"),
+    # The window is the ring buffer's length: 2^16 observations stand for all of history.
     Mutant("window_ignored", "simsched/batchers.py",
-           "        self.sizes: deque[int] = deque(maxlen=int(spec.window))\n"
-           "        self.taus: deque[float] = deque(maxlen=int(spec.window))",
-           "        self.sizes: deque[int] = deque()\n        self.taus: deque[float] = deque()",
+           "w = max(int(p.window), 1)", "w = 1 << 16",
            "τ̄ and b̄ averaged over all history instead of the last `window` batches"),
     Mutant("window_last_only", "simsched/batchers.py",
-           "        self.sizes: deque[int] = deque(maxlen=int(spec.window))\n"
-           "        self.taus: deque[float] = deque(maxlen=int(spec.window))",
-           "        self.sizes: deque[int] = deque(maxlen=1)\n        self.taus: deque[float] = deque(maxlen=1)",
+           "w = max(int(p.window), 1)", "w = 1",
            "τ̄ and b̄ from the last batch only"),
     Mutant("conservation_check_skipped", ENGINE,
-           "        check_conservation(res)\n        return res", "        return res",
+           "    check_conservation(res)\n    return res", "    return res",
            "the end-of-run conservation check is never called"),
     Mutant("conservation_check_weakened", ENGINE,
            "if np.any(res.start[done] < res.requests.arrival[done]) or np.any(res.finish[done] < res.start[done]):",
            "if False:",
            "the conservation check no longer checks start >= arrival and finish >= start"),
-    Mutant("arrival_before_completion_on_ties", ENGINE,
+    Mutant("arrival_before_completion_on_ties", LOOP,
            "if t_fin <= t_arr:", "if t_fin < t_arr:",
            "an arrival at the instant a batch completes is handled first (tie order broken)"),
-    Mutant("round_robin_restarts_at_bin_0", ENGINE,
+    Mutant("round_robin_restarts_at_bin_0", LOOP,
            "rr = k + 1", "rr = 0",
            "round robin always starts from the first bin (long bins wait)"),
     Mutant("unfinished_not_violations", "simsched/metrics.py",

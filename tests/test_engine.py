@@ -254,10 +254,12 @@ def test_conservation_check_catches_broken_results(breakage):
     done = np.flatnonzero(res.status == COMPLETED)
     if breakage == "unknown status":
         res.status[0] = len(REASONS) + 1
+    # res.start and res.finish are gathered from the batches table on each read (a new array),
+    # so a breakage goes into that table: one request per batch here (B = 1).
     elif breakage == "started before arrival":
-        res.start[done[1]] = req.arrival[done[1]] - 0.1
+        res.batches["start"][res.batch[done[1]]] = req.arrival[done[1]] - 0.1
     elif breakage == "finished before start":
-        res.finish[done[2]] = res.start[done[2]] - 0.1
+        res.batches["end"][res.batch[done[2]]] = res.start[done[2]] - 0.1
     else:
         res.reason[res.status == REJECTED] = 0
     with pytest.raises(AssertionError):

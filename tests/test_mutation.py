@@ -19,7 +19,7 @@ def test_a_mutant_whose_snippet_is_gone_fails_loudly():
     with pytest.raises(MutantOutOfDate, match="update tests/mutation.py"):
         check_mutant(Mutant("gone", "simsched/metrics.py", "this text is not in the file", "x", ""))
     with pytest.raises(MutantOutOfDate, match="occurs 2 times"):
-        check_mutant(Mutant("twice", "simsched/engines/run_to_completion.py", "t_fin <= t_arr", "x", ""))
+        check_mutant(Mutant("twice", "simsched/engines/rtc_loop.py", "t_fin <= t_arr", "x", ""))
     assert (REPO / "simsched/metrics.py").is_file()
 
 

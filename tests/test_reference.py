@@ -68,8 +68,9 @@ CASES = {
     # Durations and arrivals on a 1/4 s grid: completions and arrivals fall on the same instants.
     "exact ties dynamic K2": (Scheduler(DynamicBatcher(window=3), k_bins=2), TICKS, 4.0, {"grid": 0.25}),
     "exact ties static": (Scheduler(FixedBatcher(3)), TICKS, 4.0, {"grid": 0.25}),
-    "exact ties full-only K2": (Scheduler(FixedBatcher(3, full_batches_only=True), k_bins=2), TICKS, 4.0,
-                                {"grid": 0.25}),
+    # 1/64 s a token (not TICKS' 1/128): with 1/128 no completion of seed 1 falls on an arrival.
+    "exact ties full-only K2": (Scheduler(FixedBatcher(3, full_batches_only=True), k_bins=2),
+                                SeedForm(alpha_s=0.25, beta_s=0.015625, gamma=0.0), 4.0, {"grid": 0.25}),
 }
 
 
