@@ -101,12 +101,13 @@ class SimschedConfig:
     sla: SlaConfig = field(default_factory=SlaConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     engine: Any = None
+    router: Any = None
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
 def register_configs() -> None:
-    """Register the schemas with Hydra's ConfigStore, and the ``simsched.roofline_kv`` resolver
-    that ``gpus=roofline`` uses (idempotent)."""
+    """Register the schemas with Hydra's ConfigStore, the ``simsched.roofline_kv`` resolver
+    that ``gpus=roofline`` uses and ``simsched.per_gpu`` (idempotent)."""
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
@@ -114,11 +115,19 @@ def register_configs() -> None:
 
     if not OmegaConf.has_resolver("simsched.roofline_kv"):
         OmegaConf.register_new_resolver("simsched.roofline_kv", kv_capacity_resolver)
+    if not OmegaConf.has_resolver("simsched.per_gpu"):
+        OmegaConf.register_new_resolver("simsched.per_gpu", per_gpu_rate)
     cs = ConfigStore.instance()
     cs.store(name="simsched_schema", node=SimschedConfig)
     for group, paths in GROUP_COMPONENTS.items():
         for path in paths:
             cs.store(group=f"schema/{group}", name=path.rsplit(".", 1)[1], node=schema_for(path))
+
+
+def per_gpu_rate(rate: float, *, _root_: Any) -> float:
+    """``${simsched.per_gpu:15}``: 15 requests/s per GPU times ``gpus.count`` (``+sweep=routers``
+    varies the fleet size at a fixed load per GPU)."""
+    return float(rate) * int(_root_.gpus.count)
 
 
 _FULL_KEY = re.compile(r"full_key:\s*(\S+)")

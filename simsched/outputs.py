@@ -319,6 +319,8 @@ def serving_requests_table(res: Any) -> Any:
         "preemptions": res.preemptions,
         "prefix_hit_tokens": res.prefix_hit_tokens,
         "replica": res.replica,
+        **({"pool": _categories(np.where(res.pool >= 0, res.pool, len(res.pool_names)),
+                                 tuple(res.pool_names) + ("unrouted",))} if getattr(res, "pool_names", ()) else {}),
         "status": _categories(res.status, C_STATUS),
         "reason": _categories(res.reason, C_REASONS),
     })

@@ -53,6 +53,7 @@ SLOTS: dict[str, Slot] = {
                                                       "simsched.roofline.Roofline")),
     "predictor": Slot("simsched.predictors", ("simsched.predictor.Oracle", "simsched.predictor.Noisy")),
     "gpus": Slot("simsched.gpus", ("simsched.cluster.Gpus",)),
+    "router": Slot("simsched.routers", ("simsched.engines.continuous.routing.Router",)),
     "tracking": Slot("simsched.trackers", ("simsched.tracking.MlflowTracker", "simsched.tracking.NullTracker")),
 }
 

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from simsched.config import build, check_settings
 from simsched.engines.continuous import ContinuousEngine, simulate_continuous
 from simsched.engines.continuous.policies import policy_setup
+from simsched.engines.continuous.routing import ROUND_ROBIN_ROUTER
 from simsched.engines.continuous.simulate import prepare as prepare_continuous
 from simsched.engines.continuous.simulate import usable_kv_tokens
 from simsched.engines.run_to_completion import SimResult, simulate
@@ -37,6 +38,7 @@ class Components:
     latency_model: Any
     predictor: Any
     gpus: Any
+    router: Any
     sla: Sla
     window: Window
     tracker: Any = None
@@ -48,6 +50,7 @@ def build_components(cfg: DictConfig) -> Components:
     the engine cannot run) is a ConfigError naming its dotted key before the run starts."""
     check_settings(cfg)
     parts = {g: build(cfg[g], g) for g in ("engine", "scheduler", "workload", "latency_model", "predictor", "gpus")}
+    parts["router"] = build(cfg.router, "router") if cfg.get("router") is not None else ROUND_ROBIN_ROUTER
     tracking = cfg.get("tracking")
     parts["tracker"] = build(tracking, "tracking") if tracking is not None else None
     try:
@@ -62,10 +65,23 @@ def build_components(cfg: DictConfig) -> Components:
     comps = Components(sla=sla, window=window, **parts)
     if is_continuous(comps):
         prepare_continuous(comps.engine, comps.scheduler, comps.latency_model, comps.gpus)
+        check_router(comps.router, comps.gpus)
+    elif getattr(comps.gpus, "pools", None):
+        raise ConfigError("gpus.pools", "heterogeneous pools run on engine=continuous only")
+    elif comps.router.name != "round_robin":
+        raise ConfigError("router", "routes arrivals on engine=continuous only (run_to_completion dispatches "
+                          "each batch to the first free GPU)", comps.router.name, allowed="round_robin")
     elif isinstance(comps.scheduler, (VllmScheduler, QueuePolicy)):
         raise ConfigError("scheduler", f"{comps.scheduler.name} orders vLLM's WAITING queue and runs only on "
                           "engine=continuous", comps.scheduler.name, allowed="static_fifo, dynamic_no_bins, multi_bin_dynamic, multi_bin_static")
     return comps
+
+
+def check_router(router: Any, gpus: Any) -> None:
+    """A router's settings against the fleet (one-line errors naming the key)."""
+    if router.name == "bin_affine" and router.k_bins > gpus.count:
+        raise ConfigError("router.k_bins", f"must be at most the number of replicas (gpus.count = {gpus.count})",
+                          router.k_bins)
 
 
 def is_continuous(comps: Components) -> bool:
@@ -90,7 +106,11 @@ def simulate_config(cfg: DictConfig, comps: Components | None = None) -> tuple[A
         step, hardware, cap = prepare_continuous(comps.engine, comps.scheduler, comps.latency_model, comps.gpus)
         policy = policy_setup(comps.engine, comps.scheduler, comps.predictor, requests,
                               np.random.default_rng(sim_ss), usable_kv_tokens(comps.engine, hardware, cap))
-        res, _ = simulate_continuous(requests, comps.engine, step, hardware, cap, policy=policy)
+        predicted = None
+        if comps.router.name in ("least_tokens", "bin_affine"):
+            predicted = comps.predictor.predict(requests.output, np.random.default_rng(sim_ss))
+        res, _ = simulate_continuous(requests, comps.engine, step, hardware, cap, policy=policy,
+                                     router=comps.router, predicted=predicted)
         t2 = time.perf_counter()
         metrics = compute_serving_metrics(res, comps.sla, comps.window)
     else:
@@ -138,6 +158,7 @@ def run_tags(cfg: DictConfig, commit: str | None = None) -> dict[str, str]:
         "workload": str(cfg.workload.get("name", "")),
         "lambda": "" if rate != rate else f"{rate:g}",
         "gpus": str(cfg.gpus.get("count", "")),
+        "router": str(cfg.router.get("name", "")) if cfg.get("router") is not None else "",
         "seed": str(cfg.seed),
     }
 

@@ -120,6 +120,11 @@ def compute_serving_metrics(res: ContinuousResult, sla: Sla, window: Window) -> 
     m.update(_stats("latency", e2e[measured]))   # E2E, under the name both engines share
     m.update(_stats("queue_delay", (res.first_scheduled - req.arrival)[measured]))
     m.update(itl_stats(res))
+    if getattr(res, "pool_names", ()):
+        from simsched.engines.continuous.fleet import pool_summary
+
+        for pool, values in pool_summary(res, lo, hi, violate).items():
+            m.update({f"pool.{pool}.{k}": v for k, v in values.items()})
     m["sla_violation_rate"] = viol / (n_meas + n_unf) if n_meas + n_unf else math.nan
     n_rej = int(rejected_in.sum())
     m["sla_violation_rate_with_rejected"] = ((viol + n_rej) / (n_meas + n_unf + n_rej)

@@ -13,7 +13,7 @@ from simsched.registry import SLOTS
 from simsched.run import build_components, simulate_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ["engine", "scheduler", "workload", "latency_model", "predictor", "gpus", "tracking"]
+GROUPS = ["engine", "scheduler", "workload", "latency_model", "predictor", "gpus", "tracking", "router"]
 
 
 def options(group: str) -> list[str]:
@@ -34,8 +34,10 @@ def needs_user_value(group: str, option: str) -> bool:
 
 # Options that read another group's values (gpus=roofline takes its KV capacity from the roofline).
 CONTINUOUS_ONLY = ("vllm", "sjf", "priority", "lpm")
-COMPANIONS = {("gpus", "roofline"): ["latency_model=roofline"],
-              **{("scheduler", s): ["engine=continuous"] for s in CONTINUOUS_ONLY}}
+COMPANIONS = {("gpus", "roofline"): ["latency_model=roofline"], ("gpus", "mixed"): ["engine=continuous"],
+              **{("scheduler", s): ["engine=continuous"] for s in CONTINUOUS_ONLY},
+              **{("router", r): ["engine=continuous"] for r in ("jsq", "least_tokens", "kv_aware", "bin_affine",
+                                                               "prefix_affinity")}}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)

@@ -106,7 +106,7 @@ def test_count_jobs_follows_the_basic_sweeper():
     (["-m", "scheduler.k_binz=1,2"], "scheduler.k_binz: no such key; allowed:"),
     (["-m", "scheduler.k_bins=1,abc"], "scheduler.k_bins:"),
     (["+sweep=nope"], "sweep=nope: unknown option; allowed: compare, engines, engines_azure, gpus, k_sensitivity, "
-                      "load, seeds"),
+                      "load, routers, seeds"),
     (["sweep=compare"], "sweep=compare: a named sweep is selected with +sweep=compare"),
     (["+sweep=compare", "scheduler=static_fifo,nope"], "scheduler=nope: unknown option; allowed:"),
     (["-m", "seed=1,2", "hydra/launcher=jobli"], "hydra/launcher=jobli: unknown option; allowed: basic, joblib"),

@@ -13,6 +13,8 @@ Reading guide, one module per concept, each naming the vLLM code it mirrors:
 - ``update``        applying a step's output (``Scheduler.update_from_output``);
 - ``step_time``     how long a step takes (GPU step form, CPU time, async overlap);
 - ``fast_forward``  exact jumps over runs of identical decode steps;
+- ``routing``       the ``router`` group: which replica an arrival goes to, from the state then;
+- ``fleet``         heterogeneous fleets: pools of replicas with their own settings and speed;
 - ``loop``          the time loop over G replicas (arrivals, routing, ticks, sampling);
 - ``simulate``      building the arrays, running the loop, collecting the result;
 - ``result``        the result columns and the invariants every run checks;

@@ -21,7 +21,10 @@ A run may jump over schedule i (i = 0 .. m−1, at tick time t_i) only if, in th
   reached, or its blocks do not fit after step 0's allocations; free blocks only shrink
   and its prefix hit can only shrink during the run, so it stays blocked), or, when WAITING
   is empty (or the policy is ``priority``, where a newcomer may take the head), t_i is
-  before the replica's next arrival;
+  before the replica's next arrival (before any next arrival when the router reads replica
+  state, since it may send that arrival here; see ``routing``);
+- when the router reads the KV pool (``route_bound`` 2), t_i is before the next arrival in
+  every case, so the pool it reads is the pool at the arrival instant;
 - t_i is not after the horizon or the next time-series sample (so samples stay exact).
 
 A run needs m ≥ MIN_JUMP: entering and leaving a run touches every running request a few times,
@@ -34,7 +37,7 @@ import math
 from simsched.engines.continuous.block_pool import (admit_blocks_needed, cache_blocks, find_cache_hit, get_new_blocks,
                                                    never_fits)
 from simsched.engines.continuous.schedule import log_event
-from simsched.engines.continuous.state import (C_EVENTS, C_JUMPED_STEPS, C_LAZY_REQ_STEPS, C_REQ_STEPS, C_JUMPS, C_STEPS, COMPUTED, EV_COUNTS_SCHED,
+from simsched.engines.continuous.state import (C_ARRIVAL_PTR, C_EVENTS, C_JUMPED_STEPS, C_LAZY_REQ_STEPS, C_REQ_STEPS, C_JUMPS, C_STEPS, COMPUTED, EV_COUNTS_SCHED,
                                               EV_COUNTS_UPDATE, EV_SCHEDULED, EV_STEP, EV_UPDATE, GPU, IDS, IN_FLIGHT, ITL_MAX, LF_TS_NEXT, MAX_TOKENS, N_FREE,
                                               N_OUT, NTOK, P_COUNT, P_HEAD, P_LEN, PF, PLACEHOLDERS, PLAN_F, PLAN_W,
                                               POLICY_FCFS, POLICY_LPM, PROD, PROMPT, REP_END, REP_NEXT, ROW, ROW_N,
@@ -130,10 +133,13 @@ def try_jump(P, Q, R, S, K, L, g, t):
     # Cheap test first: do even two steps fit before the next event? (The first tick lasts at
     # least as long as a decode step of B requests with no context.)
     arrival_bound = math.inf
-    if S.si[g, WQ_LEN] == 0 or P.policy != POLICY_FCFS:
-        nxt = S.si[g, REP_NEXT]
-        if nxt < S.si[g, REP_END]:
-            arrival_bound = Q.arrival[S.rep_reqs[nxt]]
+    if P.route_bound == 2 or S.si[g, WQ_LEN] == 0 or P.policy != POLICY_FCFS:
+        if P.route_bound == 0:
+            nxt = S.si[g, REP_NEXT]
+            if nxt < S.si[g, REP_END]:
+                arrival_bound = Q.arrival[S.rep_reqs[nxt]]
+        elif L.counters[C_ARRIVAL_PTR] < len(Q.arrival):   # any arrival may come here
+            arrival_bound = Q.arrival[L.counters[C_ARRIVAL_PTR]]
     s_next = L.lf[LF_TS_NEXT]
     g_first = S.sf[g, PLAN_F + PLAN_W * hs + GPU]
     d_min = (tick_length(P, 0.0, gpu_time(P, 0.0, 1.0 * B, 0.0, 0.0)) if P.async_sched

@@ -2,8 +2,8 @@
 
 Events, in time order: request arrivals (a sorted array read through a pointer) and replica
 *ticks*. At equal times arrivals come first (a request that arrives at a tick is seen by that
-tick's ``schedule()``), then ticks by replica id. An arrival is routed at once (round robin:
-request k goes to replica k mod G), rejected if it can never run (empty prompt, prompt +
+tick's ``schedule()``), then ticks by replica id. An arrival is routed at once by the router
+(``routing``; round robin by default: request k goes to replica k mod G), rejected if it can never run (empty prompt, prompt +
 output over ``max_model_len``, or more KV blocks than the replica has), otherwise appended to
 the replica's WAITING queue; an idle replica ticks at that moment.
 
@@ -26,11 +26,12 @@ from simsched.engines.continuous.block_pool import never_fits
 from simsched.engines.continuous.controller import note_arrival, observe_step, remember_step
 from simsched.engines.continuous.fast_forward import try_jump
 from simsched.engines.continuous.lazy_decode import deque_room
+from simsched.engines.continuous.routing import choose_replica, routed_tokens
 from simsched.engines.continuous.schedule import log_event, schedule, step_label
 from simsched.engines.continuous.state import (C_ARRIVAL_PTR, C_EVENTS, C_STEPS, C_TICKS, C_TS, EV_COUNTS_SCHED,
                                               DEC, EV_COUNTS_UPDATE, EV_STEP, EV_UPDATE, T_SCHED,
                                               GPU, LF_TS_NEXT, N_FREE, NBLK, PC_CNT, PC_NUM, P_COUNT, P_HEAD, P_LEN, PF, PLAN_F, PLAN_W,
-                                              REASON, REJECTED, REP_NEXT, REPLICA, RUN_LEN, STATUS, STEPS, TICK,
+                                              OUT_TOK, REASON, REJECTED, REP_END, REP_NEXT, REPLICA, ROUTED_TOK, RUN_LEN, STATUS, STEPS, TICK,
                                               WAITING, WQ_LEN)
 from simsched.engines.continuous.step_time import tick_length
 from simsched.engines.continuous.update import cohort_update, update_from_output
@@ -41,16 +42,21 @@ DONE, PAUSE_TS, PAUSE_STEPS, PAUSE_EVENTS, PAUSE_BUDGET, PAUSE_DEQUE = 0, 1, 2, 
 
 
 @jitable
-def route(P, Q, R, S, K, i, t):
-    """Admit request ``i`` to its replica's WAITING queue at time ``t``, or reject it."""
-    g = Q.qi[i, REPLICA]
-    S.si[g, REP_NEXT] += 1
+def route(P, Q, R, S, K, X, i, t):
+    """Route request ``i`` at time ``t`` (router ``X``) and admit it to the replica's WAITING
+    queue, or reject it."""
+    g = choose_replica(P, Q, S, K, X, i)
+    Q.qi[i, REPLICA] = g
+    if S.si[g, REP_NEXT] < S.si[g, REP_END]:
+        S.si[g, REP_NEXT] += 1
     why = never_fits(P, Q, K, g, i)
     if why != 0:
         R.ri[i, STATUS] = REJECTED
         R.ri[i, REASON] = why
         return
     R.ri[i, STATUS] = WAITING
+    R.ri[i, ROUTED_TOK] = routed_tokens(Q, X, i)
+    S.si[g, OUT_TOK] += R.ri[i, ROUTED_TOK]
     if P.ctl_on:
         note_arrival(Q, S, g, i)
     wq_push_back(P, Q, S, g, i)
@@ -151,8 +157,9 @@ def sample(S, K, L, at):
 
 
 @jitable
-def run_loop(P, Q, R, S, K, L, max_ticks):
-    """Advance the simulation until it is done (DONE) or must pause (PAUSE_*)."""
+def run_loop(P, Q, R, S, K, L, X, F, max_ticks):
+    """Advance the simulation until it is done (DONE) or must pause (PAUSE_*). Replica g
+    ticks with the settings of its pool, ``F.params[F.pool[g]]`` (``fleet``)."""
     c = L.counters
     n = len(Q.arrival)
     G = len(S.si)
@@ -178,7 +185,7 @@ def run_loop(P, Q, R, S, K, L, max_ticks):
         if t_next > P.horizon:
             return DONE
         if t_arr <= t_tick:
-            route(P, Q, R, S, K, ap, t_arr)
+            route(P, Q, R, S, K, X, ap, t_arr)
             c[C_ARRIVAL_PTR] = ap + 1
             continue
         if P.record_steps and c[C_STEPS] + 1 > len(L.steps):
@@ -190,4 +197,4 @@ def run_loop(P, Q, R, S, K, L, max_ticks):
         if P.lazy and not deque_room(S, g):
             return PAUSE_DEQUE
         budget -= 1
-        tick(P, Q, R, S, K, L, g, t_tick)
+        tick(F.params[F.pool[g]], Q, R, S, K, L, g, t_tick)

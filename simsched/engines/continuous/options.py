@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from simsched.errors import ConfigError, check_choice, check_positive
 
 POLICIES = ("fcfs", "priority")
-ROUTERS = ("round_robin",)
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,6 @@ class ContinuousEngine:
     full_sequence_gate: bool = True
     watermark: float = 0.0
     step_cpu_s: float | None = None
-    router: str = "round_robin"
     fast_forward: bool = True
     steps_table: bool = False
     timeseries_interval_s: float = 1.0
@@ -70,7 +68,6 @@ class ContinuousEngine:
             raise ConfigError("long_prefill_token_threshold", f"cannot be greater than max_model_len "
                               f"({self.max_model_len})", self.long_prefill_token_threshold)
         check_choice("policy", self.policy, POLICIES)
-        check_choice("router", self.router, ROUTERS)
         check_positive("watermark", self.watermark, allow_zero=True)
         if self.watermark >= 1:
             raise ConfigError("watermark", "must be in [0, 1)", self.watermark)

@@ -46,6 +46,15 @@ class ContinuousResult:
     num_gpu_blocks: int
     end_time: float
     settings: dict[str, Any] = field(default_factory=dict)
+    pool_names: tuple[str, ...] = ()           # gpus.pools (empty: one homogeneous pool)
+    pool_of_replica: np.ndarray | None = None  # int32, pool index of each replica
+
+    @property
+    def pool(self) -> np.ndarray:
+        """Pool index of each request's replica (-1: never routed)."""
+        if self.pool_of_replica is None:
+            return np.where(self.replica >= 0, 0, -1).astype(np.int32)
+        return np.where(self.replica >= 0, self.pool_of_replica[np.maximum(self.replica, 0)], -1).astype(np.int32)
 
     def counts(self) -> dict[str, int]:
         c = np.bincount(self.status, minlength=len(STATUS_NAMES))

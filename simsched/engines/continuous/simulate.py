@@ -9,11 +9,13 @@ from typing import Any
 import numpy as np
 
 from simsched.engines.continuous import state as st
+from simsched.engines.continuous.fleet import Fleet, PoolSpec, relative_speeds
 from simsched.engines.continuous.lazy_decode import leave_all
 from simsched.engines.continuous.loop import (DONE, PAUSE_BUDGET, PAUSE_DEQUE, PAUSE_EVENTS, PAUSE_STEPS, PAUSE_TS,
                                              run_loop)
 from simsched.engines.continuous.options import ContinuousEngine
 from simsched.engines.continuous.policies import PolicySetup, check_policy, max_seqs_cap
+from simsched.engines.continuous.routing import ROUND_ROBIN_ROUTER, Router, check_books, new_router
 from simsched.engines.continuous.step_time import as_step_time
 from simsched.engines.continuous.result import (COMPLETED, NOT_ARRIVED, REASONS, REJECTED, UNFINISHED,
                                                 ContinuousResult, check_invariants)
@@ -26,17 +28,18 @@ TICKS_PER_CALL = 1 << 40
 
 @dataclass(frozen=True)
 class Hardware:
-    """What the engine needs to know of a replica's GPU."""
+    """What the engine needs to know of the replicas' GPUs."""
 
     replicas: int
     kv_capacity_tokens: int
     name: str = ""
     memory_gib: float | None = None
+    pools: tuple[PoolSpec, ...] = ()   # a heterogeneous fleet (``fleet``); empty: one pool of the above
 
 
 def build_params(engine: ContinuousEngine, step: StepTime, hw: Hardware, max_seqs_cap: int | None,
                  hash_block_tokens: int, unit_steps: bool = False, record_events: bool = False,
-                 policy: PolicySetup | None = None) -> st.Params:
+                 policy: PolicySetup | None = None, router: Router = ROUND_ROBIN_ROUTER) -> st.Params:
     res = engine.resolved(hw.name, hw.memory_gib, hw.kv_capacity_tokens, max_seqs_cap)
     cpu = step.cpu_s if engine.step_cpu_s is None else engine.step_cpu_s
     if policy is None:
@@ -59,26 +62,49 @@ def build_params(engine: ContinuousEngine, step: StepTime, hw: Hardware, max_seq
         horizon=math.inf if engine.horizon_s is None else float(engine.horizon_s),
         ts_interval=math.inf if unit_steps else float(engine.timeseries_interval_s),
         k_bins=int(policy.k_bins), bin_rule=int(policy.bin_rule), ctl_on=ctl_on, ctl=policy.params_for_engine(),
+        route_bound=route_bound(router, bool(engine.steps_table) or record_events),
     )
+
+
+def route_bound(router: Router, records: bool) -> int:
+    """How far fast-forward may carry a replica past arrivals (``state.Params``): a router that
+    reads request counts needs 1, one that reads the KV pool 2; so does any state-reading
+    router when steps or events are recorded (a jumped step's waiting count would otherwise
+    miss arrivals the router sends to the replica during the jump)."""
+    if not router.reads_state:
+        return 0
+    return 2 if router.reads_pool or records else 1
 
 
 def simulate_continuous(requests: RequestTable, engine: ContinuousEngine, step: StepTime, hw: Hardware,
                         max_seqs_cap: int | None = None, *, unit_steps: bool = False,
                         record_events: bool = False, serve_max_tokens: bool = True,
-                        progress=None, policy: PolicySetup | None = None
-                        ) -> tuple[ContinuousResult, dict[str, np.ndarray] | None]:
+                        progress=None, policy: PolicySetup | None = None, router: Router = ROUND_ROBIN_ROUTER,
+                        predicted: np.ndarray | None = None) -> tuple[ContinuousResult, dict[str, np.ndarray] | None]:
     """Run one simulation. ``unit_steps``: step-conformance mode (arrival times are engine
     iterations, every step lasts 1). ``record_events``: also return the per-step event log
     (see ``state.EV_*``). ``serve_max_tokens``: a request's max_tokens is capped at
     ``max_model_len - prompt`` before it reaches the engine, as ``vllm serve`` does
     (``get_max_tokens``); off, the engine core stops it at ``max_model_len`` itself (the
     goldens drive the engine core directly). ``progress(done, total)`` is called between
-    loop slices."""
+    loop slices. ``router`` routes arrivals (``routing``); ``predicted``: the predicted output
+    length of each request, which some routers read (never the true one)."""
     n = len(requests)
-    G = int(hw.replicas)
     hb = engine.hash_block_tokens or requests.hash_block_tokens or engine.block_size
-    P = build_params(engine, step, hw, max_seqs_cap, hb, unit_steps, record_events, policy)
-    blocks = engine.resolved(hw.name, hw.memory_gib, hw.kv_capacity_tokens, max_seqs_cap).num_gpu_blocks
+    pools = hw.pools or (PoolSpec(hw.name, hw, step),)
+    params = tuple(build_params(engine, p.step, p.hw, max_seqs_cap, hb, unit_steps, record_events, policy, router)
+                   for p in pools)
+    P = params[0]                      # the settings every pool shares come from here
+    pool_blocks = [engine.resolved(p.hw.name, p.hw.memory_gib, p.hw.kv_capacity_tokens, max_seqs_cap).num_gpu_blocks
+                   for p in pools]
+    counts = [int(p.hw.replicas) for p in pools]
+    pool_of = np.repeat(np.arange(len(pools), dtype=np.int64), counts)
+    G = len(pool_of)
+    F = Fleet(pool=pool_of, params=params)
+    speed = relative_speeds([p.step for p in pools])[pool_of]
+    X = new_router(router, G, predicted, speed, engine.max_model_len)
+    blocks = max(pool_blocks)
+    max_seqs = max(q.max_seqs for q in params)
     if requests.hash_offsets is not None:
         hash_off, hash_val = requests.hash_offsets, requests.hash_values
     else:
@@ -96,9 +122,11 @@ def simulate_continuous(requests: RequestTable, engine: ContinuousEngine, step: 
         None if policy is None else policy.predicted, None if policy is None else policy.bins)
     R = st.new_rstate(n)
     sla = (policy or PolicySetup("", 0, priority)).sla(G)
-    S = st.new_sched(Q.qi[:, st.REPLICA], G, P.max_seqs, P.policy, P.block_size, P.k_bins, sla)
+    S = st.new_sched(Q.qi[:, st.REPLICA], G, max_seqs, P.policy, P.block_size, P.k_bins, sla, router.reads_state)
+    if router.reads_state:
+        Q.qi[:, st.REPLICA] = -1         # set by the router at arrival (-1: never routed)
     max_blocks = min(-(-engine.max_model_len // engine.block_size), blocks)
-    K = st.new_pool(np.full(G, blocks, dtype=np.int64), P.max_seqs, max_blocks)
+    K = st.new_pool(np.repeat(np.array(pool_blocks, dtype=np.int64), counts), max_seqs, max_blocks)
     span = float(requests.arrival[-1] - requests.arrival[0]) if n else 0.0
     ts_cap = G * (int(span / P.ts_interval) + 64) if math.isfinite(P.ts_interval) else 0
     L = st.new_log(ts_cap, 1024 if P.record_steps else 0, 4096 if record_events else 0)
@@ -112,7 +140,7 @@ def simulate_continuous(requests: RequestTable, engine: ContinuousEngine, step: 
     per_call = TICKS_PER_CALL if progress is None else max(1000, 4 * n // 100)
     while True:
         with quiet_compile():
-            code = loop(P, Q, R, S, K, L, per_call)
+            code = loop(P, Q, R, S, K, L, X, F, per_call)
         if code == DONE:
             break
         if code == PAUSE_BUDGET:
@@ -124,11 +152,20 @@ def simulate_continuous(requests: RequestTable, engine: ContinuousEngine, step: 
             continue
         L = st.grow_log(L, code == PAUSE_TS, code == PAUSE_STEPS, code == PAUSE_EVENTS)
     for g in range(G):      # members of a decode cohort left at a horizon become explicit
-        leave_all(P, Q, R, S, K, g)
+        leave_all(params[int(pool_of[g])], Q, R, S, K, g)
     loop_s = time.perf_counter() - t0
     loop_cpu_s = time.process_time() - c0
     check_blocks(K, R)
-    res = collect(requests, engine, P, R, S, L, G, blocks)
+    check_books(S.si, R.ri, Q.qi[:, st.REPLICA])
+    res = collect(requests, engine, P, R, S, L, G, pool_blocks[0], Q.qi[:, st.REPLICA])
+    if hw.pools:
+        res.pool_names = tuple(p.name for p in pools)
+        res.pool_of_replica = pool_of.astype(np.int32)
+        res.settings["pools"] = {p.name: {"replicas": int(p.hw.replicas), "num_gpu_blocks": int(b),
+                                          "max_num_seqs": int(q.max_seqs), "max_num_batched_tokens": int(q.max_batched),
+                                          "relative_speed": float(sp)}
+                                 for p, b, q, sp in zip(pools, pool_blocks, params,
+                                                        relative_speeds([p.step for p in pools]))}
     if policy is not None:
         res.settings["policy"] = policy.name
         if policy.ignored:
@@ -175,7 +212,7 @@ def check_blocks(K: st.Pool, R: st.RState) -> None:
 
 
 def collect(requests: RequestTable, engine: ContinuousEngine, P: st.Params, R: st.RState, S: st.Sched,
-            L: st.Log, G: int, blocks: int) -> ContinuousResult:
+            L: st.Log, G: int, blocks: int, replica: np.ndarray) -> ContinuousResult:
     n = len(requests)
     ri, rf = R.ri, R.rf
     status = np.full(n, UNFINISHED, dtype=np.int8)
@@ -214,7 +251,7 @@ def collect(requests: RequestTable, engine: ContinuousEngine, P: st.Params, R: s
                 "steps": int(S.si[:, st.STEPS].sum()), "cohort_steps": int(c[st.C_COHORT_STEPS]),
                 "request_steps": int(c[st.C_REQ_STEPS]), "lazy_request_steps": int(c[st.C_LAZY_REQ_STEPS])}
     res = ContinuousResult(
-        requests=requests, status=status, reason=reason, replica=(np.arange(n) % G).astype(np.int32),
+        requests=requests, status=status, reason=reason, replica=replica.astype(np.int32),
         first_scheduled=rf[:, st.T_FIRST_SCHED].copy(), first_token=rf[:, st.T_FIRST_TOKEN].copy(),
         finish=np.where(done, last, np.nan), itl_max=np.where(n_out > 1, rf[:, st.ITL_MAX], np.nan),
         output_emitted=n_out, preemptions=ri[:, st.N_PREEMPT].copy(), prefix_hit_tokens=ri[:, st.HIT_TOKENS].copy(),
@@ -247,6 +284,45 @@ def prepare(engine: ContinuousEngine, scheduler: Any, latency_model: Any, gpus: 
 
         spec = GPUS.get(str(gpus.name).lower())
         memory = spec.memory_gib if spec is not None else None
+    if getattr(gpus, "pools", None):
+        pools = tuple(pool_spec(k, pool, latency_model, step, engine, cap) for k, pool in enumerate(gpus.pools))
+        hw = Hardware(sum(p.hw.replicas for p in pools), pools[0].hw.kv_capacity_tokens, pools[0].hw.name,
+                      pools[0].hw.memory_gib, pools)
+        return pools[0].step, hw, cap
     hw = Hardware(int(gpus.count), int(gpus.kv_capacity_tokens), str(gpus.name), memory)
     engine.resolved(hw.name, hw.memory_gib, hw.kv_capacity_tokens, cap)   # vLLM's start-up checks
     return step, hw, cap
+
+
+def pool_spec(k: int, pool: dict[str, Any], latency_model: Any, step: StepTime, engine: ContinuousEngine,
+              cap: int | None) -> PoolSpec:
+    """One pool of ``gpus.pools``: a ``gpu`` preset takes the roofline latency model to that GPU
+    (same model, parallelism and efficiencies), giving its step time and, unless the pool sets
+    ``kv_capacity_tokens``, its KV capacity; without one the pool uses the latency model as is."""
+    from dataclasses import replace
+
+    from simsched.errors import ConfigError
+    from simsched.roofline import GPUS, Roofline
+
+    where = f"gpus.pools[{k}]"
+    kv = pool["kv_capacity_tokens"]
+    memory = pool["memory_gib"]
+    name = str(pool["name"])
+    if pool["gpu"] is not None:
+        gpu = str(pool["gpu"]).lower()
+        if not isinstance(latency_model, Roofline):
+            raise ConfigError(f"{where}.gpu", "a pool's gpu preset needs latency_model=roofline", pool["gpu"])
+        try:
+            model = replace(latency_model, gpu=gpu)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.gpu", exc.message, pool["gpu"]) from None
+        step = model.step_model
+        kv = model.kv_capacity_tokens if kv is None else kv
+        memory = GPUS[gpu].memory_gib if memory is None else memory
+        name = gpu
+    hw = Hardware(int(pool["count"]), int(kv), name, memory)
+    try:
+        engine.resolved(hw.name, hw.memory_gib, hw.kv_capacity_tokens, cap)   # vLLM's start-up checks
+    except ConfigError as exc:
+        raise ConfigError(where, exc.message, exc.value, exc.allowed) from None
+    return PoolSpec(str(pool["name"]), hw, step)

@@ -49,10 +49,13 @@ STATUS, COMPUTED, N_OUT, PLACEHOLDERS, IN_FLIGHT, STALE, N_PREEMPT, ROW, HIT_TOK
 # the admission sequence number (running-list order), the position in its crossing bucket,
 # the cohort schedule count before which it must leave.
 COHORT, D0, SEQ, BK_POS, EXIT_D = range(10, 15)
-N_RI = 15
+# ROUTED_TOK: what the router counts for the request while it is outstanding (routing.py).
+ROUTED_TOK = 15
+N_RI = 16
 # RState.rf columns.
 T_FIRST_SCHED, T_FIRST_TOKEN, T_LAST_TOKEN, ITL_MAX = range(4)
 # Sched.si columns (per replica).
+# OUT_TOK: the routed tokens of the replica's unfinished requests (the least_tokens router).
 RUN_LEN, WQ_OFF, WQ_CAP, WQ_HEAD, WQ_LEN, REP_NEXT, REP_END, P_HEAD, P_COUNT, STEPS, P_LEN = range(11)
 # P_LEN, P_LEN + 1: the two plans' lengths; then the decode cohort (lazy_decode): per plan slot
 # its cohort step number (0: none) and the members it still holds implicitly; the cohort's size,
@@ -61,7 +64,8 @@ RUN_LEN, WQ_OFF, WQ_CAP, WQ_HEAD, WQ_LEN, REP_NEXT, REP_END, P_HEAD, P_COUNT, ST
 PC_NUM, PC_CNT = 13, 15
 N_C, DC, UC, ACT_LEN, SEQ_NEXT, HP_LEN, DQ_LEN = range(17, 24)
 COOL = 24                             # steps left before decoders may join again (lazy_decode)
-N_SI = 25
+OUT_TOK = 25                          # the router's outstanding tokens on the replica (routing.py)
+N_SI = 26
 # Sched.sf columns (per replica): the next tick, then per plan slot (PLAN_W columns each) the
 # step's prefill tokens, decode sequences, context tokens, attention term, GPU time, and the
 # time it was scheduled.
@@ -131,6 +135,10 @@ Params = namedtuple("Params", [
     "hash_block_tokens",  # tokens per workload hash id
     "c0", "c_pf", "c_dec", "c_ctx", "c_attn", "cpu",   # step time (StepTime) and CPU per step
     "horizon",            # inf: none
+    "route_bound",        # 0: the router reads no state (round robin): a jump stops at the replica's
+                          # own next arrival; 1: it reads request counts: a jump stops at any next
+                          # arrival where it would stop at its own; 2: it reads the KV pool: a jump
+                          # always stops at the next arrival
     "ts_interval",        # time-series sampling period (inf: off)
     "k_bins",             # POLICY_BINS: number of queues
     "bin_rule",           # POLICY_BINS: scheduler.BIN_SELECTIONS index
@@ -177,13 +185,17 @@ def scratch_layout(max_seqs: int, block_size: int) -> tuple[int, int, int, int]:
 
 
 def new_sched(replica: np.ndarray, num_replicas: int, max_seqs: int, policy: int, block_size: int,
-              k_bins: int = 1, sla=None) -> Sched:
+              k_bins: int = 1, sla=None, routed_live: bool = False) -> Sched:
     """Queues sized for every request a replica can receive (its ring or heap never grows).
     Under POLICY_BINS a replica's slice is a header (K heads, K lengths, the round-robin
     pointer) and K rings of ``WQ_CAP`` each. ``sla``: the controllers' ``batchers.SlaState``
-    (one row per replica), a 1-row dummy when they are off."""
+    (one row per replica), a 1-row dummy when they are off. ``routed_live``: the router picks
+    replicas at arrival, so every queue can take every request and no replica knows its coming
+    arrivals (empty ``rep_reqs`` ranges)."""
     G, S = num_replicas, max_seqs
     counts = np.bincount(replica, minlength=G).astype(np.int64)
+    if routed_live:
+        counts = np.full(G, len(replica), dtype=np.int64)
     if policy == POLICY_PRIORITY:
         cap = np.maximum(counts, 1)
         size = cap
@@ -196,11 +208,15 @@ def new_sched(replica: np.ndarray, num_replicas: int, max_seqs: int, policy: int
     rep_off = np.concatenate(([0], np.cumsum(counts)))
     si[:, REP_NEXT] = rep_off[:-1]
     si[:, REP_END] = rep_off[1:]
+    if routed_live:
+        si[:, REP_NEXT] = 0
+        si[:, REP_END] = 0
     sf = np.zeros((G, N_SF))
     sf[:, TICK] = np.inf
     return Sched(si=si, sf=sf, run=np.zeros((G, S), dtype=np.int64),
                  plan=np.zeros((G, 2, 3, S), dtype=np.int64), wq=np.zeros(int(size.sum()), dtype=np.int64),
-                 rep_reqs=np.argsort(replica, kind="stable").astype(np.int64),
+                 rep_reqs=(np.zeros(0, dtype=np.int64) if routed_live
+                           else np.argsort(replica, kind="stable").astype(np.int64)),
                  scratch=np.zeros(3 * S + block_size + 2 + 2 * LPM_MAX, dtype=np.int64),
                  ctl=np.zeros((G, N_CTL)), sla=sla,
                  act=np.zeros((G, S), dtype=np.int64), bk=np.zeros((G, block_size, S), dtype=np.int64),

@@ -20,7 +20,7 @@ from simsched.engines.continuous.lazy_decode import deque_push
 from simsched.engines.continuous.schedule import log_event
 from simsched.engines.continuous.state import (ACT_LEN, COMPUTED, PC_CNT, PC_NUM, T_CLAST, UC, EV_FINISHED, FINISHED, IDS, IN_FLIGHT, ITL_BINS, ITL_LO,
                                               ITL_MAX, ITL_PER_OCTAVE, LF_ITL_N, LF_ITL_SUM, MAX_TOKENS, N_OUT,
-                                              NTOK, P_LEN, PLACEHOLDERS, PROD, PROMPT, ROW, RUN_LEN, RUNNING,
+                                              NTOK, OUT_TOK, P_LEN, PLACEHOLDERS, PROD, PROMPT, ROUTED_TOK, ROW, RUN_LEN, RUNNING,
                                               STALE, STATUS, T_FIRST_TOKEN, T_LAST_TOKEN)
 from simsched.engines.continuous.waiting_queue import wq_remove
 from simsched.jit import jitable
@@ -86,6 +86,7 @@ def update_from_output(P, Q, R, S, K, L, g, slot, t, step):
             else:
                 wq_remove(P, Q, S, g, i)
             ri[i, STATUS] = FINISHED
+            S.si[g, OUT_TOK] -= ri[i, ROUTED_TOK]
             n_fin += 1
             if P.ctl_on:
                 note_done(S, g, n_out)
