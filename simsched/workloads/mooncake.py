@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from simsched.errors import ConfigError, InputError, check_positive
+from simsched.errors import InputError, check_positive
 from simsched.workloads.requests import RequestTable
+from simsched.workloads.traces import check_replay_options
 
 FIELDS = ("timestamp", "input_length", "output_length", "hash_ids")
 
@@ -43,22 +44,8 @@ class MooncakeTrace:
     order_tolerance_s: float = 1.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.path, str) or not self.path:
-            raise ConfigError("path", "a trace file path is required", self.path)
+        check_replay_options(self)
         check_positive("hash_block_tokens", self.hash_block_tokens, integer=True)
-        check_positive("rps_scale", self.rps_scale)
-        check_positive("order_tolerance_s", self.order_tolerance_s, allow_zero=True)
-        if self.target_rate is not None:
-            check_positive("target_rate", self.target_rate)
-            if self.rps_scale != 1.0:
-                raise ConfigError("target_rate", "give rps_scale or target_rate, not both", self.target_rate)
-        if self.max_requests is not None:
-            check_positive("max_requests", self.max_requests, integer=True)
-        for key in ("start_s", "end_s"):
-            if getattr(self, key) is not None:
-                check_positive(key, getattr(self, key), allow_zero=True)
-        if self.start_s is not None and self.end_s is not None and self.end_s <= self.start_s:
-            raise ConfigError("end_s", f"must be > start_s ({self.start_s})", self.end_s)
         if not Path(self.path).is_file():
             raise InputError(self.path, "no such file")
 

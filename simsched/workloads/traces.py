@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,26 @@ from simsched.workloads.requests import MAX_ARRIVAL_S, RequestTable
 from simsched.workloads.trace_files import AZURE, BURSTGPT, CANONICAL, TraceSchema, load_trace, match_schema
 
 DEFAULT_CACHE_DIR = ".cache/simsched/traces"
+
+
+def check_replay_options(opts: Any) -> None:
+    """The options every trace replay shares (path, rate scaling, time window, request cap),
+    checked for ``TraceReplay`` and ``MooncakeTrace`` alike; a ConfigError names the field."""
+    if not isinstance(opts.path, str) or not opts.path:
+        raise ConfigError("path", "a trace file path is required", opts.path)
+    check_positive("rps_scale", opts.rps_scale)
+    check_positive("order_tolerance_s", opts.order_tolerance_s, allow_zero=True)
+    if opts.target_rate is not None:
+        check_positive("target_rate", opts.target_rate)
+        if opts.rps_scale != 1.0:
+            raise ConfigError("target_rate", "give rps_scale or target_rate, not both", opts.target_rate)
+    if opts.max_requests is not None:
+        check_positive("max_requests", opts.max_requests, integer=True)
+    for key in ("start_s", "end_s"):
+        if getattr(opts, key) is not None:
+            check_positive(key, getattr(opts, key), allow_zero=True)
+    if opts.start_s is not None and opts.end_s is not None and opts.end_s <= opts.start_s:
+        raise ConfigError("end_s", f"must be > start_s ({opts.start_s})", opts.end_s)
 
 
 @dataclass(frozen=True)
@@ -47,21 +68,7 @@ class TraceReplay:
     schema = BURSTGPT  # class attribute (not a field): the file format a subclass reads
 
     def __post_init__(self) -> None:
-        if not isinstance(self.path, str) or not self.path:
-            raise ConfigError("path", "a trace file path is required", self.path)
-        check_positive("rps_scale", self.rps_scale)
-        check_positive("order_tolerance_s", self.order_tolerance_s, allow_zero=True)
-        if self.target_rate is not None:
-            check_positive("target_rate", self.target_rate)
-            if self.rps_scale != 1.0:
-                raise ConfigError("target_rate", "give rps_scale or target_rate, not both", self.target_rate)
-        if self.max_requests is not None:
-            check_positive("max_requests", self.max_requests, integer=True)
-        for key in ("start_s", "end_s"):
-            if getattr(self, key) is not None:
-                check_positive(key, getattr(self, key), allow_zero=True)
-        if self.start_s is not None and self.end_s is not None and self.end_s <= self.start_s:
-            raise ConfigError("end_s", f"must be > start_s ({self.start_s})", self.end_s)
+        check_replay_options(self)
         match_schema(self.path, self.schema)  # fail fast (one line) on a missing file or wrong schema
 
     @property
