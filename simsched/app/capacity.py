@@ -215,11 +215,7 @@ def cli() -> None:
     """The command: one line and exit code 2 for a user's mistake."""
     import os
 
-    from simsched.errors import SimschedError
+    from simsched.app.cli import run_command
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    try:
-        main()
-    except SimschedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(exc.exit_code) from None
+    run_command(main)

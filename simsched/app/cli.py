@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from simsched.errors import SimschedError
 
@@ -266,3 +266,14 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def run_command(main: Callable[[], Any]) -> None:
+    """Run one of the ``python -m simsched.X`` commands: a user's mistake (a SimschedError) is
+    one line on stderr and its exit code (2), never a traceback; otherwise the command exits
+    with ``main``'s return value when it is an exit status (an int), else 0 (the results a
+    command returns to Python callers)."""
+    try:
+        code = main()
+    except SimschedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    raise SystemExit(code if isinstance(code, int) else 0)

@@ -705,11 +705,6 @@ def _untracked(table: pd.DataFrame) -> pd.Series:
 
 def cli() -> None:
     """The command: one line and exit code 2 for a user's mistake."""
-    from simsched.errors import SimschedError
+    from simsched.app.cli import run_command
 
-    try:
-        code = main()
-    except SimschedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(exc.exit_code) from None
-    raise SystemExit(code)
+    run_command(main)

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from simsched.errors import ConfigError, SimschedError
+from simsched.errors import ConfigError
 
 _DROP = ("hydra.sweep.dir=", "hydra.callbacks.sweep.resume=")
 
@@ -66,8 +66,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def cli() -> None:
     """The command: one line and exit code 2 for a user's mistake."""
-    try:
-        main()
-    except SimschedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(exc.exit_code) from None
+    from simsched.app.cli import run_command
+
+    run_command(main)

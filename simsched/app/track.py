@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from simsched.errors import ConfigError, SimschedError
+from simsched.errors import ConfigError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -142,9 +142,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli() -> None:
     """The command: one line and exit code 2 for a user's mistake."""
-    try:
-        code = main()
-    except SimschedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(exc.exit_code) from None
-    raise SystemExit(code)
+    from simsched.app.cli import run_command
+
+    run_command(main)
