@@ -135,9 +135,16 @@ def simulate_continuous(requests: RequestTable, engine: ContinuousEngine, step: 
     else:
         L.lf[st.LF_TS_NEXT] = math.inf
     loop = kernel(run_loop, n, nrt=False)
+    per_call = TICKS_PER_CALL if progress is None else max(1000, 4 * n // 100)
+    if loop is not run_loop:   # load the compiled loop from numba's cache, or compile it (once, minutes)
+        from numba import typeof
+
+        from simsched.progress import Phase
+
+        with quiet_compile(), Phase("compiling the continuous engine's loop (once; numba caches it on disk)"):
+            loop.compile(tuple(typeof(a) for a in (P, Q, R, S, K, L, X, F, per_call)))
     t0 = time.perf_counter()
     c0 = time.process_time()
-    per_call = TICKS_PER_CALL if progress is None else max(1000, 4 * n // 100)
     while True:
         with quiet_compile():
             code = loop(P, Q, R, S, K, L, X, F, per_call)
