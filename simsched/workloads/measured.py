@@ -172,8 +172,8 @@ def vllm_bench_arrivals(n: int, request_rate: float, burstiness: float = 1.0, se
     ``get_request`` draws one Gamma(burstiness, 1/(rate·burstiness)) gap per request, the first
     included, takes cumulative sums and rescales them so the last equals n/rate).
 
-    numpy's legacy ``RandomState(seed)`` is the stream ``np.random.seed(seed)`` starts; no
-    global state is touched here. An infinite rate sends everything at once."""
+    numpy's legacy ``RandomState(seed)`` is the stream that seeding numpy's global RNG starts;
+    no global state is touched here. An infinite rate sends everything at once."""
     if n < 1:
         raise SimschedError("a benchmark run needs at least one request")
     if not math.isfinite(request_rate):
