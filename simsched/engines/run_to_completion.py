@@ -19,7 +19,7 @@ from simsched.errors import ConfigError, SimschedError
 from simsched.jit import compiled, use_compiled, with_globals
 from simsched.latency import LatencyForm, LatencyModel
 from simsched.scheduler import Scheduler
-from simsched.workloads.requests import RequestTable
+from simsched.workloads.requests import RequestTable, check_request_counts
 
 # Runs from this many requests on use the compiled loop. Importing numba and loading the cached
 # loop cost ~0.65 s per process (2-core machine, idle); the Python loop serves ~60k requests/s
@@ -232,13 +232,7 @@ def _per_request(req: RequestTable, predicted: np.ndarray, bins: np.ndarray, cut
 def check_conservation(res: SimResult) -> None:
     """Every request is completed, rejected (with reason), unfinished or not yet arrived, and the
     times of completed ones are ordered. A failure here is a simulator bug, never user error."""
-    c = res.counts()
-    n = len(res.requests)
-    if sum(c.values()) != n:
-        raise AssertionError(f"conservation violated: {c} does not sum to {n}")
-    arrived = n - c["not_arrived"]
-    if c["completed"] + c["rejected"] + c["unfinished"] != arrived:
-        raise AssertionError(f"conservation violated: arrived={arrived}, {c}")
+    check_request_counts(res.counts(), len(res.requests))
     done = res.status == COMPLETED
     if np.any(res.start[done] < res.requests.arrival[done]) or np.any(res.finish[done] < res.start[done]):
         raise AssertionError("a completed request started before it arrived or finished before it started")

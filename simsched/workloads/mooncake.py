@@ -19,7 +19,7 @@ import numpy as np
 
 from simsched.errors import InputError, check_positive
 from simsched.workloads.requests import RequestTable
-from simsched.workloads.traces import check_replay_options
+from simsched.workloads.traces import check_replay_options, replay_rate
 
 FIELDS = ("timestamp", "input_length", "output_length", "hash_ids")
 
@@ -51,11 +51,7 @@ class MooncakeTrace:
 
     @property
     def mean_rate(self) -> float:
-        if self.target_rate is not None:
-            return float(self.target_rate)
-        arr = self._replay.arrival
-        span = float(arr[-1] - arr[0]) if len(arr) > 1 else 0.0
-        return (len(arr) - 1) / span if span > 0 else float("nan")
+        return replay_rate(self._replay.arrival, self.target_rate)
 
     def generate(self, rng: np.random.Generator | None = None) -> RequestTable:
         """The selected requests (``rng`` is unused: a replay is the same every time)."""

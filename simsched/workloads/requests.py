@@ -74,6 +74,17 @@ class RequestTable:
         return len(self.arrival)
 
 
+
+def check_request_counts(counts: dict[str, int], n: int) -> None:
+    """Request conservation, shared by both engines: every one of the ``n`` requests has one
+    outcome, and every arrived one is completed, rejected or unfinished. A failure is a
+    simulator bug, never user error."""
+    if sum(counts.values()) != n:
+        raise AssertionError(f"conservation violated: {counts} does not sum to {n}")
+    arrived = n - counts["not_arrived"]
+    if counts["completed"] + counts["rejected"] + counts["unfinished"] != arrived:
+        raise AssertionError(f"conservation violated: arrived={arrived}, {counts}")
+
 def physical_memory() -> int | None:
     """This machine's physical memory in bytes (None where the OS does not say)."""
     import os

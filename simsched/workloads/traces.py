@@ -42,6 +42,15 @@ def check_replay_options(opts: Any) -> None:
         raise ConfigError("end_s", f"must be > start_s ({opts.start_s})", opts.end_s)
 
 
+
+def replay_rate(arrival: np.ndarray, target_rate: float | None) -> float:
+    """A replay's mean arrival rate, (n-1)/span after scaling, or ``target_rate`` when given."""
+    if target_rate is not None:
+        return float(target_rate)
+    span = float(arrival[-1] - arrival[0]) if len(arrival) > 1 else 0.0
+    return (len(arrival) - 1) / span if span > 0 else float("nan")
+
+
 @dataclass(frozen=True)
 class TraceReplay:
     """Options shared by every trace format.
@@ -74,11 +83,7 @@ class TraceReplay:
     @property
     def mean_rate(self) -> float:
         """Mean arrival rate of the replay, (n-1)/span, after scaling (requests per second)."""
-        if self.target_rate is not None:
-            return float(self.target_rate)
-        arr = self._replay.arrival
-        span = float(arr[-1] - arr[0]) if len(arr) > 1 else 0.0
-        return (len(arr) - 1) / span if span > 0 else float("nan")
+        return replay_rate(self._replay.arrival, self.target_rate)
 
     def generate(self, rng: np.random.Generator | None = None) -> RequestTable:
         """The selected requests (``rng`` is unused: a replay is the same every time)."""

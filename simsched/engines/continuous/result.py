@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from simsched.workloads.requests import RequestTable
+from simsched.workloads.requests import RequestTable, check_request_counts
 
 COMPLETED, REJECTED, UNFINISHED, NOT_ARRIVED = 0, 1, 2, 3
 STATUS_NAMES = ("completed", "rejected", "unfinished", "not_arrived")
@@ -81,13 +81,7 @@ def check_invariants(res: ContinuousResult, produced: np.ndarray) -> None:
     I5 of docs/continuous_invariants.md): a completed request emitted ``produced`` tokens (its
     output, or fewer where ``max_model_len`` stops it). A failure is a simulator bug, never
     user error."""
-    c = res.counts()
-    n = len(res.requests)
-    if sum(c.values()) != n:
-        raise AssertionError(f"conservation violated: {c} does not sum to {n}")
-    arrived = n - c["not_arrived"]
-    if c["completed"] + c["rejected"] + c["unfinished"] != arrived:
-        raise AssertionError(f"conservation violated: arrived={arrived}, {c}")
+    check_request_counts(res.counts(), len(res.requests))
     if np.any(res.reason[res.status == REJECTED] == 0) or np.any(res.reason[res.status == UNFINISHED] == 0):
         raise AssertionError("a rejected or unfinished request has no reason")
     done = res.status == COMPLETED
