@@ -49,6 +49,7 @@ F = TypeVar("F", bound=Callable)
 MIN_COMPILED_REQUESTS = 2000
 
 _MARK = "_simsched_jitable"
+_PYTHON_REQUESTS = "_simsched_python_requests"   # (amortize) requests run uncompiled in this process
 _CONSTANTS = (bool, int, float, str, bytes, tuple, type(None))
 
 
@@ -150,9 +151,22 @@ def use_compiled(n: int, min_requests: int = MIN_COMPILED_REQUESTS) -> bool:
     return True
 
 
-def kernel(fn: F, n: int, nrt: bool = True, min_requests: int = MIN_COMPILED_REQUESTS) -> F:
+def kernel(fn: F, n: int, nrt: bool = True, min_requests: int = MIN_COMPILED_REQUESTS,
+           amortize: bool = False) -> F:
     """``fn`` compiled when a run of ``n`` requests repays it, else ``fn`` itself
-    (``nrt=False``: see the module docstring)."""
+    (``nrt=False``: see the module docstring).
+
+    ``amortize``: count the requests this process has already run through ``fn`` on the Python
+    path, and use the compiled loop once they reach ``min_requests`` or once it is loaded. A
+    sweep's process runs many small jobs: numba's fixed cost (~0.5 s to import it and load the
+    loop from the cache) is then paid once and repaid by every later job."""
+    if amortize:
+        seen = fn.__dict__.get(_PYTHON_REQUESTS, 0)
+        loaded = ("_simsched_compiled" if nrt else "_simsched_compiled_nonrt") in fn.__dict__
+        if (loaded and os.environ.get("SIMSCHED_JIT", "") != "0") or use_compiled(seen + n, min_requests):
+            return compiled(fn, nrt)
+        fn.__dict__[_PYTHON_REQUESTS] = seen + n
+        return fn
     return compiled(fn, nrt) if use_compiled(n, min_requests) else fn
 
 

@@ -66,6 +66,25 @@ def test_kernel_choice(monkeypatch):
     assert jit.kernel(serve, 10**9) is serve
 
 
+def test_amortized_kernel_switches_after_enough_python_requests(monkeypatch):
+    """A sweep's process: small runs take the Python loop until together they reach the
+    threshold, then the compiled one (and stay on it); SIMSCHED_JIT=0 still forces Python."""
+    monkeypatch.delenv("SIMSCHED_JIT", raising=False)
+    serve = _fresh(rtc.serve)
+    picks = [jit.kernel(serve, 400, min_requests=1000, amortize=True) is serve for _ in range(4)]
+    assert picks == [True, True, False, False]
+    assert jit.kernel(serve, 1, min_requests=1000, amortize=True) is not serve
+    monkeypatch.setenv("SIMSCHED_JIT", "0")
+    assert jit.kernel(serve, 1, min_requests=1000, amortize=True) is serve
+    fresh = _fresh(rtc.serve)
+    assert jit.kernel(fresh, 10**9, min_requests=1000, amortize=True) is fresh
+
+
+def _fresh(fn):
+    """A copy of ``fn`` that has never been compiled in this process."""
+    return types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
 @pytest.mark.parametrize("n,compiled", [(500, False), (rtc.COMPILED_FROM_REQUESTS, True)])
 def test_numba_is_imported_only_by_large_runs(n, compiled):
     code = f"""

@@ -16,7 +16,7 @@ from simsched.batchers import ControllerParams, sla_state
 from simsched.cluster import Gpus
 from simsched.engines.rtc_loop import serve
 from simsched.errors import ConfigError, SimschedError
-from simsched.jit import compiled, use_compiled, with_globals
+from simsched.jit import kernel, with_globals
 from simsched.latency import LatencyForm, LatencyModel
 from simsched.scheduler import Scheduler
 from simsched.workloads.requests import RequestTable, check_request_counts
@@ -24,7 +24,9 @@ from simsched.workloads.requests import RequestTable, check_request_counts
 # Runs from this many requests on use the compiled loop. Importing numba and loading the cached
 # loop cost ~0.65 s per process (2-core machine, idle); the Python loop serves ~60k requests/s
 # at light load (batches of ~2) and ~300k at offered load 0.8, so compiling pays from ~60k
-# requests at light load and from ~250k at 0.8: this splits the difference.
+# requests at light load and from ~250k at 0.8: this splits the difference. The count is per
+# process (``jit.kernel(amortize=True)``): a sweep's process switches to the compiled loop once its
+# jobs together have run that many requests.
 COMPILED_FROM_REQUESTS = 100_000
 
 COMPLETED, REJECTED, UNFINISHED, NOT_ARRIVED = 0, 1, 2, 3
@@ -135,7 +137,6 @@ def simulate(
 
     form = latency.kernel_form() if hasattr(latency, "kernel_form") else None
     plugin = not hasattr(scheduler.batcher, "params")
-    fast = form is not None and not plugin and use_compiled(n, COMPILED_FROM_REQUESTS)
     swaps: dict[str, Any] = {}
     if form is None:    # a model with batch_time only (a test double): the Python loop calls it
         swaps["form_time"] = lambda kind, c, b, L, P: latency.batch_time(b, L, P)
@@ -144,7 +145,10 @@ def simulate(
         params = _plugin_batcher(scheduler.batcher, eta, k_bins, swaps)
     else:
         params = scheduler.batcher.params(eta)
-    loop = with_globals(serve, **swaps) if swaps else compiled(serve) if fast else serve
+    # A test double or a plug-in batcher swaps Python callables in: the Python loop runs them.
+    loop = with_globals(serve, **swaps) if swaps else kernel(serve, n, min_requests=COMPILED_FROM_REQUESTS,
+                                                              amortize=True)
+    fast = loop is not serve and not swaps
     columns = (arrival, prompt, output, np.ascontiguousarray(predicted, dtype=np.int64),
                np.ascontiguousarray(bins, dtype=np.int32), admitted)
     if not fast:
