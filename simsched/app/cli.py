@@ -114,14 +114,11 @@ def _expand(overrides: list[str], groups: set[str] | frozenset[str] = frozenset(
 
 
 def _check_value(cfg: Any, key: str, value: Any, overrides: list[str], compose_base) -> None:
-    """Apply ``key=value`` to a composed config as Hydra would (struct: no new keys; typed by
-    the schema) and build it; exit 2 with one line on error."""
-    import copy
-
+    """Apply ``key=value`` to a composed config (changed in place) as Hydra would (struct: no
+    new keys; typed by the schema) and build it; exit 2 with one line on error."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    cfg = copy.deepcopy(cfg)
     try:
         OmegaConf.update(cfg, key, value, merge=True)
     except OmegaConfBaseException as exc:
@@ -154,9 +151,12 @@ def precheck(config_dir: str, argv: list[str]) -> None:
     if any(f not in _MULTIRUN_FLAGS for f in flags):
         return  # --help, --cfg, --config-name ...: Hydra's own business
     overrides = [a for a in argv if not a.startswith("-")]
+    import copy
+
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from hydra.types import RunMode
+    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     with initialize_config_dir(config_dir=config_dir, version_base="1.3", job_name="precheck"):
@@ -205,9 +205,24 @@ def precheck(config_dir: str, argv: list[str]) -> None:
                 build_components(cfg)
             except SimschedError as exc:
                 _fail(str(exc))
+        scratch = copy.deepcopy(first_cfg) if values else None   # shared by plain values (_scalar_swap)
         for key, options in values:
+            reuse = _scalar_swap(first_cfg, key, options)
             for value in options:
-                _check_value(first_cfg, key, value, lists[0], compose_base)
+                _check_value(scratch if reuse else copy.deepcopy(first_cfg), key, value, lists[0], compose_base)
+            if reuse:
+                OmegaConf.update(scratch, key, OmegaConf.select(first_cfg, key), merge=False)
+
+
+def _scalar_swap(cfg: Any, key: str, options: list[Any]) -> bool:
+    """Whether checking ``key``'s values can reuse one copy of the config: a plain value that
+    replaces a plain value leaves nothing of the one before it (the copy costs ~8 ms; a sweep
+    over ``seed=range(0,200)`` checks 200 values)."""
+    from omegaconf import OmegaConf
+
+    plain = (int, float, str, bool, type(None))
+    return all(isinstance(v, plain) for v in options) and isinstance(
+        OmegaConf.select(cfg, key, default=[]), plain)
 
 
 def _installed(module: str) -> bool:
