@@ -565,7 +565,8 @@ def latency_cdfs(table: pd.DataFrame, path: Path, requests_of: Callable[[pd.Seri
         ax.set_xscale("log")   # tails of ~1,000 s beside medians of ~10 s: a linear axis hides the fast ones
         ax.set_xlabel("end-to-end latency (s, log scale)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_lines():   # (no line: no requests table was written, e.g. output.requests_table=false)
+            ax.legend(fontsize=7)
     axes[0][0].set_ylabel("fraction of completed requests")
     fig.tight_layout()
     if drew:
