@@ -8,6 +8,9 @@ changes.
   from its shape; a job costs milliseconds of composition instead of Hydra's ~0.6 s.
 - Before launching, the list of jobs is written to ``jobs.json`` in the sweep folder, so an
   interrupted sweep knows which jobs never started (``python -m simsched.resume``).
+- On Hydra's joblib launcher, a ``batch_size`` left at ``auto`` becomes about four chunks of
+  jobs per worker (as simsched's own launcher does): joblib pickles the launch context (~300 kB:
+  Hydra's config loader and singletons) once per chunk instead of once or twice per job.
 
 It lives in ``hydra_plugins`` because Hydra only instantiates sweepers from there; Hydra imports
 this module at every start-up, so it imports nothing heavy.
@@ -46,4 +49,23 @@ class SimschedSweeper(BasicSweeper):
         jobs = [job for batch in self.split_arguments(OverridesParser.create().parse_overrides(params), None)
                 for job in batch]
         write_job_list(self.config, jobs)
+        chunk_joblib_jobs(self.launcher, min(len(jobs), self.max_batch_size or len(jobs)))
         return super().sweep(arguments)
+
+
+def chunk_joblib_jobs(launcher: Any, n_jobs: int) -> None:
+    """Hydra's joblib launcher with ``batch_size: auto``: chunks of about a quarter of a
+    worker's share of the jobs. (joblib's own ``auto`` starts at one job per chunk and grows
+    only when chunks finish in under a fraction of a second; a simsched job rarely does.)"""
+    settings = getattr(launcher, "joblib", None)
+    if type(launcher).__name__ != "JoblibLauncher" or not isinstance(settings, dict):
+        return
+    if str(settings.get("batch_size", "auto")) != "auto":
+        return
+    import math
+    import os
+
+    workers = int(settings.get("n_jobs") or 1)
+    if workers < 0:   # joblib's -1: every CPU, -2: all but one, ...
+        workers = max(1, (os.cpu_count() or 1) + 1 + workers)
+    settings["batch_size"] = max(1, math.ceil(n_jobs / (4 * workers)))
