@@ -141,8 +141,9 @@ def _check_value(cfg: Any, key: str, value: Any, overrides: list[str], compose_b
 _GROUPS = ("engine", "scheduler", "workload", "latency_model", "predictor", "gpus", "tracking")
 
 
-def precheck(config_dir: str, argv: list[str]) -> None:
+def precheck(config_dir: str, argv: list[str]) -> Any:
     """Compose (and build) the configs a command line asks for; exit 2 with one line on error.
+    Returns the first job's config with its ``hydra`` node for a multirun (else None).
 
     A multirun is recognised by ``-m``/``--multirun`` or by ``hydra.mode: MULTIRUN`` in the
     composed config (the named sweeps in ``sweeps/``); its sweep is ``hydra.sweeper.params``
@@ -212,6 +213,7 @@ def precheck(config_dir: str, argv: list[str]) -> None:
                 _check_value(scratch if reuse else copy.deepcopy(first_cfg), key, value, lists[0], compose_base)
             if reuse:
                 OmegaConf.update(scratch, key, OmegaConf.select(first_cfg, key), merge=False)
+        return head
 
 
 def _scalar_swap(cfg: Any, key: str, options: list[Any]) -> bool:

@@ -100,7 +100,11 @@ def _main(argv: list[str] | None = None) -> None:
         from simsched.progress import Phase
 
         with Phase("checking every configuration of the sweep"):
-            precheck(conf, argv)
+            head = precheck(conf, argv)
+        if head is not None:
+            from simsched.app.launch import start_workers_early
+
+            start_workers_early(head)
         app(task)()   # the task itself: launchers pickle it to send it to their workers
         return
     real_stderr = sys.stderr
