@@ -223,6 +223,20 @@ def test_joblib_sweep_makes_one_parent_and_a_child_per_job(tmp_path):
     assert_table_matches_children(tmp_path / "sweep", children)
 
 
+@pytest.mark.parametrize("settings,jobs,expected", [
+    ({"n_jobs": 2, "batch_size": "auto"}, 200, 25),     # about four chunks per worker
+    ({"n_jobs": 2, "batch_size": "auto"}, 3, 1),
+    ({"n_jobs": 2, "batch_size": 7}, 200, 7),           # the user's choice stays
+])
+def test_joblib_jobs_go_in_chunks_unless_the_user_chose(settings, jobs, expected):
+    joblib_launcher = pytest.importorskip("hydra_plugins.hydra_joblib_launcher.joblib_launcher")
+    from hydra_plugins.simsched_plugins.sweeper import chunk_joblib_jobs
+
+    launcher = joblib_launcher.JoblibLauncher(**settings)
+    chunk_joblib_jobs(launcher, jobs)
+    assert launcher.joblib["batch_size"] == expected
+
+
 @pytest.mark.slow
 def test_eight_parallel_joblib_jobs_share_one_sqlite_store(tmp_path):
     proc = joblib_sweep(tmp_path, "range(0,8)", 8, "par")

@@ -145,6 +145,9 @@ VALUES = [
     case("value-seed-huge", "seed=100000000000000000000000000000", "seed: must be <= 2**53"),
     case("value-seed-float", "seed=1.5", "seed: Value '1.5'"),
     case("value-seed-sweep", "-m seed=0,-1", "seed: must be >= 0 (got -1)"),
+    case("value-second-sweep", "-m seed=0,1,2 workload.arrivals.rate=1,-2", "workload.arrivals.rate: must be > 0 (got -2)"),
+    case("value-sweep-after-group", "-m scheduler=static_fifo,dynamic_no_bins seed=3,-3",
+         "seed: must be >= 0 (got -3)"),
     case("value-workload-seed", "workload.seed=-3", "workload.seed: must be >= 0 (got -3)"),
     case("value-cv-tiny", "workload.arrivals.cv=1e-200", "workload.arrivals.cv: must be in [1e-06, 100]"),
     case("value-cv-huge", "workload.arrivals.cv=1e200", "workload.arrivals.cv: must be in [1e-06, 100]"),
@@ -313,7 +316,8 @@ CASES = TARGETS + KEYS + VALUES + TYPES + TRACES + LAUNCHERS
 # One or two per kind run in the default test run; CI runs them all.
 QUICK = {"target-arrivals-copyfile", "target-nested-dict", "target-hydra-callback", "key-sla-latency",
          "key-tracking-none-urii", "value-horizon-nan", "value-num-requests-huge", "value-onoff-hang",
-         "trace-zone-utc", "trace-near-int64-wrap", "trace-latin1-model", "launcher-joblib-missing"}
+         "trace-zone-utc", "trace-near-int64-wrap", "trace-latin1-model", "launcher-joblib-missing",
+         "value-second-sweep"}
 
 
 def test_the_table_is_large_and_unique():
