@@ -9,8 +9,9 @@ faster). What is measured (``--regimes``, default all):
 - ``light``, ``rho08``, ``overload``, ``trace``: the simulation loop's own rate (requests per
   second of ``simulate``, in-process after a warm-up, so without start-up and the one-time JIT
   load) for the four modes: Poisson arrivals, 4 GPUs, K = 4 for the multi-bin modes, at the
-  default λ = 4 req/s (light load, mean batch <= 3), at offered load ~0.8 and ~1.5 of the
-  reference capacity, and replaying a synthetic Azure-format trace (bursty arrivals, long
+  default λ = 4 req/s (light load, mean batch <= 3), at offered load ρ ~0.8 and ~1.5 of
+  multi_bin_dynamic's saturation throughput μ_sat (a baseline tree without μ_sat: its reference
+  capacity), and replaying a synthetic Azure-format trace (bursty arrivals, long
   prompts, short outputs) scaled to load ~0.8, at each of ``--sizes``. The baseline runs at most
   ``--baseline-size`` requests (its loop takes ~30 s per million at light load).
 - ``ksweep``: the loop rate of ``multi_bin_dynamic`` and ``multi_bin_static`` for K = 1..16 at ~0.8.
@@ -150,7 +151,7 @@ class Bench:
         self.args, self.work = args, work
         self.rows: list[dict] = []
         self.trees = make_trees(work, args.baseline)
-        self.capacity = None
+        self._capacity: float | None = None
 
     def add(self, regime: str, case: str, figure: str, unit: str, values: dict[str, list[float]],
             higher_is_better: bool = False, **info) -> None:
@@ -173,11 +174,12 @@ class Bench:
         out = tree.run(args, self.work)[2]
         return json.loads(out.strip().splitlines()[-1])
 
-    def reference_capacity(self) -> float:
-        if self.capacity is None:
+    def capacity(self) -> float:
+        """multi_bin_dynamic's saturation throughput on the Poisson workload (the current tree's)."""
+        if self._capacity is None:
             r = self.probe_loop(self.trees[0], 50_000, ["multi_bin_dynamic"], POISSON)
-            self.capacity = r["multi_bin_dynamic"]["reference_capacity_rps"]
-        return self.capacity
+            self._capacity = r["multi_bin_dynamic"]["capacity_rps"]
+        return self._capacity
 
     def loop_regime(self, regime: str, overrides: list[str], modes=MODES, suffix: str = "") -> None:
         sizes = [int(x) for x in self.args.sizes.split(",")]
@@ -206,7 +208,7 @@ class Bench:
         base = ["workload=azure_trace", f"workload.path={self.trace_file()}", "gpus.count=4", "scheduler.k_bins=4"]
         probe = self.probe_loop(self.trees[0], 50_000, ["multi_bin_dynamic"],
                                 base + ["workload.target_rate=10"])
-        rate = 0.8 * probe["multi_bin_dynamic"]["reference_capacity_rps"]
+        rate = 0.8 * probe["multi_bin_dynamic"]["capacity_rps"]
         return base + [f"workload.target_rate={rate:.4f}"]
 
     # --- whole processes --------------------------------------------------------------------
@@ -298,25 +300,25 @@ class Bench:
             elif regime == "light":
                 self.loop_regime("light", POISSON)
             elif regime in ("rho08", "overload"):
-                rate = (0.8 if regime == "rho08" else 1.5) * self.reference_capacity()
+                rate = (0.8 if regime == "rho08" else 1.5) * self.capacity()
                 self.loop_regime(regime, POISSON + [f"workload.arrivals.rate={rate:.4f}"])
             elif regime == "trace":
                 self.loop_regime("trace", self.trace_overrides())
             elif regime == "ksweep":
-                rate = 0.8 * self.reference_capacity()
+                rate = 0.8 * self.capacity()
                 for k in (1, 2, 4, 8, 16):
                     self.loop_regime("ksweep", POISSON[:2] + [f"workload.arrivals.rate={rate:.4f}",
                                                               f"scheduler.k_bins={k}"],
                                      modes=("multi_bin_dynamic", "multi_bin_static"), suffix=f" K={k}")
             elif regime == "process":
-                cap = self.reference_capacity()
+                cap = self.capacity()
                 cases = [("light", POISSON), ("rho08", POISSON + [f"workload.arrivals.rate={0.8 * cap:.4f}"]),
                          ("overload", POISSON + [f"workload.arrivals.rate={1.5 * cap:.4f}"]),
                          ("trace", self.trace_overrides())]
                 for case, ovs in cases:
                     self.process("process", f"{case}, multi_bin_dynamic", ovs, a.process_size, self.trees, a.repeats)
             elif regime == "memory":
-                cap = self.reference_capacity()
+                cap = self.capacity()
                 trees = self.trees if a.baseline_memory else self.trees[:1]
                 for case, ovs in [("light", POISSON), ("rho08", POISSON + [f"workload.arrivals.rate={0.8 * cap:.4f}"])]:
                     self.process("memory", f"{case}, multi_bin_dynamic", ovs, a.memory_size, trees, 1)

@@ -35,7 +35,6 @@ def _simulate(comps, cfg, requests, seed_ss):
 
 
 def loop(config_dir: str, repeats: int, modes: list[str], overrides: list[str]) -> dict:
-    from simsched.metrics import compute_metrics
     from simsched.run import build_components
     from simsched.workloads.requests import RequestTable
 
@@ -62,12 +61,29 @@ def loop(config_dir: str, repeats: int, modes: list[str], overrides: list[str]) 
             t0 = time.perf_counter()
             res = _simulate(comps, cfg, req, sim_ss)
             times.append(time.perf_counter() - t0)
-        metrics = compute_metrics(res, comps.sla, comps.window, comps.latency_model, comps.scheduler.batcher.max_batch)
+        metrics, capacity = _metrics(res, comps, req, sim_ss)
         out[mode] = {"requests": len(req), "loop_s": times, "workload_s": t_workload, "warmup_s": t_warm,
                      "mean_batch_size": metrics["mean_batch_size"], "offered_load": metrics["offered_load"],
-                     "reference_capacity_rps": metrics["reference_capacity_rps"],
-                     "arrival_rate_rps": metrics["arrival_rate_rps"]}
+                     "capacity_rps": capacity, "arrival_rate_rps": metrics["arrival_rate_rps"]}
     return out
+
+
+def _metrics(res, comps, req, seed_ss) -> tuple[dict, float]:
+    """The run's metrics and the capacity its load is measured against, in the tree's own terms:
+    the scheduler's saturation throughput μ_sat (ρ = λ / μ_sat) where the tree has it, else the
+    older reference capacity (baseline trees)."""
+    import inspect
+
+    from simsched.metrics import compute_metrics
+
+    if "saturation_rps" in inspect.signature(compute_metrics).parameters:
+        from simsched.saturation import saturation_throughput
+
+        mu = saturation_throughput(req, comps.scheduler, comps.latency_model, comps.gpus, comps.predictor,
+                                   np.random.default_rng(seed_ss))
+        return compute_metrics(res, comps.sla, comps.window, saturation_rps=mu), mu
+    metrics = compute_metrics(res, comps.sla, comps.window, comps.latency_model, comps.scheduler.batcher.max_batch)
+    return metrics, metrics["reference_capacity_rps"]
 
 
 def jit() -> dict:
