@@ -371,3 +371,24 @@ def test_report_command_from_the_folder_and_from_mlflow_agree(basic_sweep, tmp_p
     for key in ("throughput_rps", "latency_p99_s", "sla_violation_rate"):
         assert a[key].to_numpy() == pytest.approx(b[key].to_numpy(), rel=1e-9)
     assert (tmp_path / "ml" / "plots" / "latency_cdf_per_scheduler.png").is_file()
+
+
+def test_a_ctrl_c_dropped_inside_a_finalizer_is_still_seen():
+    """Python drops an exception raised in a finalizer (MLflow's SQLAlchemy runs weakref
+    callbacks while logging); the sweep's handler remembers the signal for the launcher."""
+    import signal
+
+    from simsched.app.sweep import SweepInterrupt, interrupt_pending
+
+    handler = SweepInterrupt().install()
+    assert handler is not None and not interrupt_pending()
+    try:
+        class Finalized:
+            def __del__(self):
+                handler(signal.SIGINT, None)
+
+        Finalized()   # "Exception ignored in ...": the KeyboardInterrupt is gone
+        assert interrupt_pending()
+    finally:
+        handler.restore()
+    assert not interrupt_pending() and signal.getsignal(signal.SIGINT) is signal.default_int_handler

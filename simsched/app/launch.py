@@ -45,7 +45,14 @@ def launch(context: HydraContext, config: DictConfig, task_function: TaskFunctio
     for idx, overrides in jobs if len(jobs) <= 20 else []:   # a long sweep's list is in jobs.json
         log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
     if workers <= 1:
-        return [run_job(context, config, task_function, idx, overrides) for idx, overrides in jobs]
+        from simsched.app.sweep import interrupt_pending
+
+        done = []
+        for idx, overrides in jobs:
+            done.append(run_job(context, config, task_function, idx, overrides))
+            if interrupt_pending():   # a Ctrl-C that Python dropped inside a finalizer
+                raise KeyboardInterrupt
+        return done
     return _on_workers(context, config, task_function, jobs, workers)
 
 

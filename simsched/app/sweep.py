@@ -377,7 +377,7 @@ class SweepCallback(Callback):
             monitor = SweepProgress(sweep_dir, total, self.poll_s, label=f"sweep {name}")
             monitor.start()
         self._state = {"ctx": ctx, "parent": parent, "monitor": monitor, "t0": time.time(),
-                       "sigterm": _sigterm_as_interrupt()}
+                       "signals": SweepInterrupt().install()}
         # A sweep that stops early (Ctrl-C, SIGTERM, a launcher error) still gets its summary,
         # and its parent run is closed as KILLED rather than left RUNNING.
         atexit.register(self._interrupted)
@@ -398,7 +398,8 @@ class SweepCallback(Callback):
         state, self._state = self._state, {}
         if not state:
             return ""
-        _restore_sigterm(state.get("sigterm"))
+        if state.get("signals") is not None:
+            state["signals"].restore()
         ctx: SweepContext = state["ctx"]
         if state["monitor"] is not None:
             state["monitor"].stop()
@@ -441,23 +442,41 @@ class SweepCallback(Callback):
         return "; ".join(problems)
 
 
-def _sigterm_as_interrupt() -> Any:
-    """While the sweep runs, SIGTERM stops it like Ctrl-C (summary, parent closed as KILLED)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
+class SweepInterrupt:
+    """The SIGINT and SIGTERM handler while a sweep runs: Ctrl-C's usual path (KeyboardInterrupt:
+    summary, parent run closed as KILLED), for SIGTERM too. It remembers the signal, because
+    Python prints and drops an exception raised inside a finalizer (SQLAlchemy's weakref
+    callbacks run during MLflow logging): the launcher checks ``pending`` after each job."""
 
-    def interrupt(signum: int, frame: Any) -> None:
+    def __init__(self) -> None:
+        self.pending = False
+        self.previous: dict[int, Any] = {}
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.pending = True
         raise KeyboardInterrupt
 
-    try:
-        return signal.signal(signal.SIGTERM, interrupt)
-    except (ValueError, OSError):
-        return None
+    def install(self) -> "SweepInterrupt | None":
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self)
+        except (ValueError, OSError):
+            self.restore()
+            return None
+        return self
+
+    def restore(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in self.previous.items():
+                signal.signal(sig, handler)
+        self.previous = {}
 
 
-def _restore_sigterm(previous: Any) -> None:
-    if previous is not None and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, previous)
+def interrupt_pending() -> bool:
+    """Whether a sweep's SIGINT or SIGTERM arrived (see ``SweepInterrupt``)."""
+    return bool(getattr(signal.getsignal(signal.SIGINT), "pending", False))
 
 
 @dataclass
