@@ -373,6 +373,7 @@ def test_report_command_from_the_folder_and_from_mlflow_agree(basic_sweep, tmp_p
     assert (tmp_path / "ml" / "plots" / "latency_cdf_per_scheduler.png").is_file()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")   # the dropped interrupt
 def test_a_ctrl_c_dropped_inside_a_finalizer_is_still_seen():
     """Python drops an exception raised in a finalizer (MLflow's SQLAlchemy runs weakref
     callbacks while logging); the sweep's handler remembers the signal for the launcher."""
