@@ -8,7 +8,7 @@ workload's row order, filled in vectorised from the batches.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -26,6 +26,10 @@ from simsched.workloads.requests import RequestTable, check_request_counts
 # at light load (batches of ~2) and ~300k at offered load 0.8, so compiling pays from ~60k
 # requests at light load and from ~250k at 0.8: this splits the difference.
 COMPILED_FROM_REQUESTS = 100_000
+
+# Rows per slice where a whole per-request column is computed a slice at a time (metrics,
+# checks): 8 MB of float64, so a 10M-request run never holds a temporary of a whole column.
+ROWS = 1 << 20
 
 COMPLETED, REJECTED, UNFINISHED, NOT_ARRIVED = 0, 1, 2, 3
 STATUS_NAMES = ("completed", "rejected", "unfinished", "not_arrived")
@@ -58,22 +62,24 @@ class SimResult:
 
     def column(self, name: str, rows: slice = slice(None)) -> np.ndarray:
         """A per-request column (one of ``COLUMNS``) for ``rows``: NaN (gpu: -1) where never
-        dispatched, and ``finish`` NaN unless completed."""
+        dispatched, and ``finish`` NaN unless completed. Gathered row by row from the batch
+        columns, so a slice costs memory for the slice only."""
         b = self.batches
-        if name == "finish":
-            if self.own_finish is not None:
-                return self.own_finish[rows]
-            per_batch = np.where(b["completed"], b["end"], np.nan)
-        elif name == "first_token":
-            per_batch = b["start"] + b["first_token_s"]
-        elif name in ("start", "tbt", "gpu"):
-            per_batch = b[name]
-        else:
+        if name == "finish" and self.own_finish is not None:
+            return self.own_finish[rows]
+        if name not in self.COLUMNS:
             raise KeyError(name)
-        ext = np.empty(len(per_batch) + 1, dtype=per_batch.dtype)
-        ext[:-1] = per_batch
-        ext[-1] = -1 if name == "gpu" else np.nan
-        return ext[self.batch[rows]]    # batch -1 reads the sentinel at the end
+        idx = self.batch[rows]
+        if name == "first_token":
+            out = _gather(b["start"], idx)
+            out += _gather(b["first_token_s"], idx)
+        else:
+            out = _gather(b["end" if name == "finish" else name], idx)
+        missing = idx < 0
+        if name == "finish":
+            missing |= ~_gather(b["completed"], idx)
+        out[missing] = -1 if name == "gpu" else np.nan
+        return out
 
     @property
     def start(self) -> np.ndarray:       # float64
@@ -98,6 +104,19 @@ class SimResult:
     def counts(self) -> dict[str, int]:
         c = np.bincount(self.status, minlength=len(STATUS_NAMES))
         return {name: int(c[i]) for i, name in enumerate(STATUS_NAMES)}
+
+
+def row_slices(n: int, size: int = ROWS) -> Iterator[slice]:
+    """Consecutive slices of ``size`` rows (the last one shorter) that cover rows 0 .. n-1."""
+    return (slice(lo, min(lo + size, n)) for lo in range(0, n, size))
+
+
+def _gather(per_batch: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``per_batch[idx]`` as a new array; entries where ``idx`` is -1 (never dispatched) hold
+    an arbitrary value for the caller to overwrite."""
+    if len(per_batch) == 0:
+        return np.zeros(len(idx), dtype=per_batch.dtype)
+    return per_batch.take(idx, mode="clip")
 
 
 def simulate(
@@ -233,8 +252,10 @@ def check_conservation(res: SimResult) -> None:
     """Every request is completed, rejected (with reason), unfinished or not yet arrived, and the
     times of completed ones are ordered. A failure here is a simulator bug, never user error."""
     check_request_counts(res.counts(), len(res.requests))
-    done = res.status == COMPLETED
-    if np.any(res.start[done] < res.requests.arrival[done]) or np.any(res.finish[done] < res.start[done]):
-        raise AssertionError("a completed request started before it arrived or finished before it started")
+    for rows in row_slices(len(res.requests)):
+        done = res.status[rows] == COMPLETED
+        start, finish = res.column("start", rows)[done], res.column("finish", rows)[done]
+        if np.any(start < res.requests.arrival[rows][done]) or np.any(finish < start):
+            raise AssertionError("a completed request started before it arrived or finished before it started")
     if np.any(res.reason[res.status == REJECTED] == 0):
         raise AssertionError("a rejected request has no reason")
