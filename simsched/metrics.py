@@ -218,7 +218,7 @@ def compute_metrics(res: SimResult, sla: Sla, window: Window, *,
     m["offered_load"] = offered_load(lam, saturation_rps)
     m["num_batches"] = int(len(b["size"]))
     m["mean_batch_size"] = float(b["size"].mean()) if len(b["size"]) else math.nan
-    m["kv_overflow_batches"] = int(np.sum(b["kv_tokens"] > res.kv_capacity_tokens))
+    m["kv_overflow_batches"] = int(np.sum(b["prompt_tokens"] + b["output_tokens"] > res.kv_capacity_tokens))
     m.update(per_bin)
     return m
 

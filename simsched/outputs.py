@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from simsched.engines.run_to_completion import REASONS, STATUS_NAMES, SimResult
+from simsched.engines.run_to_completion import REASONS, STATUS_NAMES, SimResult, batch_table
 
 
 def _jsonable(v: Any) -> Any:
@@ -236,7 +236,9 @@ def write_tables(out_dir: Path, res: SimResult, requests: bool = True, batches: 
         written.append(_write(out_dir / "requests.parquet",
                               (requests_table(res, slice(lo, lo + ROW_GROUP)) for lo in range(0, max(n, 1), ROW_GROUP))))
     if batches:
-        written.append(_write(out_dir / "batches.parquet", [_table(res.batches)]))
+        nb = len(res.batches["size"])
+        written.append(_write(out_dir / "batches.parquet", (_table(batch_table(res.batches, slice(lo, lo + ROW_GROUP)))
+                                                            for lo in range(0, max(nb, 1), ROW_GROUP))))
     return written
 
 

@@ -199,12 +199,13 @@ def _plugin_batcher(batcher: Any, eta: int, k_bins: int, swaps: dict[str, Any]) 
 
 
 def _batch_columns(nb: int, records: tuple, in_flight: np.ndarray) -> dict[str, np.ndarray]:
-    """The batches table (one row per batch, in dispatch order) from the loop's records."""
+    """The batches (one row per batch, in dispatch order) from the loop's records. The table's
+    two derived columns, ``batch_id`` (the row number) and ``kv_tokens`` (prompt + output
+    tokens), are not held: ``batch_table`` adds them where they are written."""
     gpu, bin_, start, end, size, longest, prompt, output, tbt, ttft = (r[:nb] for r in records)
     completed = np.ones(nb, dtype=bool)
     completed[in_flight] = False
     return {
-        "batch_id": np.arange(nb, dtype=np.int64),
         "gpu": gpu,
         "bin": bin_,
         "start": start,
@@ -216,8 +217,19 @@ def _batch_columns(nb: int, records: tuple, in_flight: np.ndarray) -> dict[str, 
         "tbt": tbt,
         "first_token_s": ttft,
         "completed": completed,
-        "kv_tokens": prompt + output,
     }
+
+
+def batch_table(batches: dict[str, np.ndarray], rows: slice = slice(None)) -> dict[str, np.ndarray]:
+    """The batches table's columns for ``rows``: the held columns with ``batch_id`` first and
+    ``kv_tokens`` (the batch's KV footprint) last; ``size`` and ``max_output``, held as int32,
+    as int64 (the table's types do not depend on how the run holds them)."""
+    lo, hi, _ = rows.indices(len(batches["size"]))
+    cols = {"batch_id": np.arange(lo, hi, dtype=np.int64)}
+    cols.update((name, x[rows].astype(np.int64) if name in ("size", "max_output") else x[rows])
+                for name, x in batches.items())
+    cols["kv_tokens"] = cols["prompt_tokens"] + cols["output_tokens"]
+    return cols
 
 
 def _per_request(req: RequestTable, predicted: np.ndarray, bins: np.ndarray, cuts: np.ndarray,
@@ -233,7 +245,7 @@ def _per_request(req: RequestTable, predicted: np.ndarray, bins: np.ndarray, cut
         own_finish = np.full(n, np.nan)
         ob = batch[ok]
         own_finish[ok] = batches["start"][ob] + latency.batch_time(
-            batches["size"][ob], req.output[ok], batches["prompt_tokens"][ob].astype(float))
+            batches["size"][ob].astype(np.int64), req.output[ok], batches["prompt_tokens"][ob].astype(float))
     status = np.full(n, UNFINISHED, dtype=np.int8)
     reason = np.full(n, REASONS.index("queued_at_horizon"), dtype=np.int8)
     status[ok] = COMPLETED
