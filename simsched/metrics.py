@@ -111,11 +111,12 @@ def sla_outcomes(res: SimResult, sla: Sla, times: dict[str, np.ndarray] | None =
     return violates & (status != REJECTED) & (status != NOT_ARRIVED), decided
 
 
-def _measured(measured: np.ndarray, value: Callable[[slice], np.ndarray], skip_nan: bool = False) -> np.ndarray:
+def _measured(measured: np.ndarray, value: Callable[[slice], np.ndarray], skip_nan: bool = False,
+              dtype: Any = np.float64) -> np.ndarray:
     """``value(rows)`` (a per-request column for a slice of rows) at the ``measured`` rows (and
-    with ``skip_nan``, only where it is not NaN), in row order: built a slice at a time, so no
-    whole column and no temporary of the whole column is ever held."""
-    out = np.empty(int(measured.sum()))
+    with ``skip_nan``, only where it is not NaN), in row order, as ``dtype``: built a slice at a
+    time, so no whole column and no temporary of the whole column is ever held."""
+    out = np.empty(int(measured.sum()), dtype=dtype)
     k = 0
     for rows in row_slices(len(measured)):
         x = value(rows)
@@ -157,7 +158,9 @@ def compute_metrics(res: SimResult, sla: Sla, window: Window, *,
     done = res.status == COMPLETED
     in_window = (req.arrival >= lo) & (req.arrival <= hi)
     measured = (done | (res.status == UNFINISHED)) & in_window
-    rejected_in = (res.status == REJECTED) & in_window
+    n_rej = int(((res.status == REJECTED) & in_window).sum())
+    n_meas = int(measured.sum())
+    measured_unfinished = int((measured & ~done).sum())
     del in_window
     viol = known = finished = good = output_tokens = 0
     for rows in row_slices(n):
@@ -170,13 +173,15 @@ def compute_metrics(res: SimResult, sla: Sla, window: Window, *,
         finished += int(finished_in.sum())
         good += int((finished_in & ~violate).sum())
         output_tokens += int(req.output[rows][finished_in].sum())
+    del done
 
     b = res.batches
     overlap = np.empty(len(b["start"]))
     for rows in row_slices(len(overlap)):
         overlap[rows] = np.clip(np.minimum(b["end"][rows], hi) - np.maximum(b["start"][rows], lo), 0.0, None)
+    busy = float(overlap.sum())
+    del overlap
     padded = float(np.sum(np.multiply(b["size"], b["max_output"], dtype=np.int64)))
-    n_meas = int(measured.sum())
     span_arr = float(arr[-1] - arr[0]) if len(arr) > 1 else 0.0
     lam = (len(arr) - 1) / span_arr if span_arr > 0 else math.nan
 
@@ -187,7 +192,7 @@ def compute_metrics(res: SimResult, sla: Sla, window: Window, *,
         "rejected": counts["rejected"],
         "unfinished": counts["unfinished"],
         "measured": n_meas,
-        "measured_unfinished": int((measured & ~done).sum()),
+        "measured_unfinished": measured_unfinished,
         "window_start_s": lo,
         "window_end_s": hi,
         "sim_end_s": float(res.end_time),
@@ -209,10 +214,9 @@ def compute_metrics(res: SimResult, sla: Sla, window: Window, *,
     m["sla_violation_rate"] = viol / n_meas if n_meas else math.nan
     m["sla_violation_rate_known"] = known / n_meas if n_meas else math.nan
     m["sla_undecided"] = viol - known
-    n_rej = int(rejected_in.sum())
     m["sla_violation_rate_with_rejected"] = (viol + n_rej) / (n_meas + n_rej) if n_meas + n_rej else math.nan
     m["rejected_rate"] = counts["rejected"] / m["arrived"] if m["arrived"] else math.nan
-    m["gpu_utilization"] = float(overlap.sum()) / (res.num_gpus * span) if span > 0 else math.nan
+    m["gpu_utilization"] = busy / (res.num_gpus * span) if span > 0 else math.nan
     m["slot_efficiency"] = float(b["output_tokens"].sum()) / padded if padded > 0 else math.nan
     m["saturation_throughput_rps"] = math.nan if saturation_rps is None else float(saturation_rps)
     m["offered_load"] = offered_load(lam, saturation_rps)
@@ -227,7 +231,7 @@ def _per_bin(res: SimResult, measured: np.ndarray, latency: np.ndarray) -> dict[
     """Measured requests, mean and p99 latency per bin; ``latency``: the measured requests'
     censored latencies in row order."""
     k_bins = max(int(res.bin.max()) + 1 if len(res.bin) else 1, len(res.cut_points) + 1)
-    bins = res.bin[measured]
+    bins = _measured(measured, lambda rows: res.bin[rows], dtype=np.int8 if k_bins <= 127 else res.bin.dtype)
     m: dict[str, Any] = {}
     for k in range(k_bins):
         lat_k = latency[bins == k]

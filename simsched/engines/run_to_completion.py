@@ -29,7 +29,7 @@ COMPILED_FROM_REQUESTS = 100_000
 
 # Rows per slice where a whole per-request column is computed a slice at a time (metrics,
 # checks): 8 MB of float64, so a 10M-request run never holds a temporary of a whole column.
-ROWS = 1 << 20
+ROWS = 1 << 16
 
 COMPLETED, REJECTED, UNFINISHED, NOT_ARRIVED = 0, 1, 2, 3
 STATUS_NAMES = ("completed", "rejected", "unfinished", "not_arrived")
