@@ -224,6 +224,7 @@ def _write_groups(path: Path, tables: Any) -> None:
                 writer = pq.ParquetWriter(path, table.schema, use_dictionary=[c for c in _DICTIONARY if c in names],
                                           column_encoding={c: "DELTA_BINARY_PACKED" for c in _DELTA if c in names})
             writer.write_table(table, row_group_size=ROW_GROUP)
+            del table    # before the next one is built: one row group's columns held at a time
     finally:
         if writer is not None:
             writer.close()
