@@ -113,10 +113,10 @@ def row_slices(n: int, size: int = ROWS) -> Iterator[slice]:
 
 def _gather(per_batch: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """``per_batch[idx]`` as a new array; entries where ``idx`` is -1 (never dispatched) hold
-    an arbitrary value for the caller to overwrite."""
+    the last batch's value, for the caller to overwrite. (Indexing: twice as fast as ``take``.)"""
     if len(per_batch) == 0:
         return np.zeros(len(idx), dtype=per_batch.dtype)
-    return per_batch.take(idx, mode="clip")
+    return per_batch[idx]
 
 
 def simulate(
