@@ -190,7 +190,7 @@ def requests_table(res: SimResult, rows: slice = slice(None)) -> Any:
         "prompt_tokens": req.prompt[rows],
         "output_tokens": req.output[rows],
         "predicted_output": res.predicted[rows],
-        "bin": res.bin[rows],
+        "bin": res.bin[rows].astype(np.int32),   # held as int8 where K <= 127
         "gpu": res.column("gpu", rows),
         "batch_id": res.batch[rows].astype(np.int64),
         "tbt": res.column("tbt", rows),

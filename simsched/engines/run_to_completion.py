@@ -47,7 +47,7 @@ class SimResult:
 
     requests: RequestTable
     predicted: np.ndarray
-    bin: np.ndarray
+    bin: np.ndarray             # int8 (int32 when K > 127)
     status: np.ndarray          # int8, index into STATUS_NAMES
     reason: np.ndarray          # int8, index into REASONS
     batch: np.ndarray           # int32, -1 where never dispatched
@@ -142,6 +142,8 @@ def simulate(
     cuts = scheduler.cut_points(predicted)
     k_bins = int(scheduler.k_bins)
     bins = predictor.perturb_bins(scheduler.assign_bins(predicted, cuts), k_bins, bin_rng)
+    # int8 bin codes where K allows: one byte per request, held to the end of the run.
+    bins = np.ascontiguousarray(bins, dtype=np.int8 if k_bins <= 127 else np.int32)
 
     eta = int(gpus.kv_capacity_tokens)
     fits = prompt + output <= eta
@@ -165,7 +167,7 @@ def simulate(
         params = scheduler.batcher.params(eta)
     loop = with_globals(serve, **swaps) if swaps else compiled(serve) if fast else serve
     columns = (arrival, prompt, output, np.ascontiguousarray(predicted, dtype=np.int64),
-               np.ascontiguousarray(bins, dtype=np.int32), admitted)
+               bins, admitted)
     if not fast:
         columns = tuple(c.tolist() for c in columns)   # Python reads list items faster than array items
     nb, batch, in_flight, t_end, records = loop(
