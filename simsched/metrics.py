@@ -164,8 +164,7 @@ def compute_metrics(res: SimResult, sla: Sla, window: Window, *,
     del in_window
     viol = known = finished = good = output_tokens = 0
     for rows in row_slices(n):
-        times = censored_times(res, rows) if sla.ttft_s is not None else {"latency": censored_time(res, "latency", rows)}
-        violate, decided = sla_outcomes(res, sla, times, rows)
+        violate, decided = sla_outcomes(res, sla, rows=rows)
         finish = res.column("finish", rows)
         finished_in = done[rows] & (finish >= lo) & (finish <= hi)
         viol += int((violate & measured[rows]).sum())
