@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from simsched.engines.run_to_completion import REASONS, STATUS_NAMES, SimResult
+from simsched.engines.run_to_completion import REASONS, STATUS_NAMES, SimResult, batch_table
 
 
 def _jsonable(v: Any) -> Any:
@@ -190,7 +190,7 @@ def requests_table(res: SimResult, rows: slice = slice(None)) -> Any:
         "prompt_tokens": req.prompt[rows],
         "output_tokens": req.output[rows],
         "predicted_output": res.predicted[rows],
-        "bin": res.bin[rows],
+        "bin": res.bin[rows].astype(np.int32),   # held as int8 where K <= 127
         "gpu": res.column("gpu", rows),
         "batch_id": res.batch[rows].astype(np.int64),
         "tbt": res.column("tbt", rows),
@@ -224,6 +224,7 @@ def _write_groups(path: Path, tables: Any) -> None:
                 writer = pq.ParquetWriter(path, table.schema, use_dictionary=[c for c in _DICTIONARY if c in names],
                                           column_encoding={c: "DELTA_BINARY_PACKED" for c in _DELTA if c in names})
             writer.write_table(table, row_group_size=ROW_GROUP)
+            del table    # before the next one is built: one row group's columns held at a time
     finally:
         if writer is not None:
             writer.close()
@@ -236,7 +237,9 @@ def write_tables(out_dir: Path, res: SimResult, requests: bool = True, batches: 
         written.append(_write(out_dir / "requests.parquet",
                               (requests_table(res, slice(lo, lo + ROW_GROUP)) for lo in range(0, max(n, 1), ROW_GROUP))))
     if batches:
-        written.append(_write(out_dir / "batches.parquet", [_table(res.batches)]))
+        nb = len(res.batches["size"])
+        written.append(_write(out_dir / "batches.parquet", (_table(batch_table(res.batches, slice(lo, lo + ROW_GROUP)))
+                                                            for lo in range(0, max(nb, 1), ROW_GROUP))))
     return written
 
 

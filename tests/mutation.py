@@ -109,7 +109,7 @@ MUTANTS = [
            "    check_conservation(res)\n    return res", "    return res",
            "the end-of-run conservation check is never called"),
     Mutant("conservation_check_weakened", ENGINE,
-           "if np.any(res.start[done] < res.requests.arrival[done]) or np.any(res.finish[done] < res.start[done]):",
+           "if np.any(start < res.requests.arrival[rows][done]) or np.any(finish < start):",
            "if False:",
            "the conservation check no longer checks start >= arrival and finish >= start"),
     Mutant("arrival_before_completion_on_ties", LOOP,

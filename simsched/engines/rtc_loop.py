@@ -82,14 +82,15 @@ def serve(arrival: np.ndarray, prompt: np.ndarray, output: np.ndarray, predicted
     sq, sq2 = np.zeros(k_bins), np.zeros(k_bins)     # predicted outputs of arrived requests
     so, so2 = np.zeros(k_bins), np.zeros(k_bins)     # true outputs of completed requests
 
-    # Per batch (at most one per admitted request; untouched entries cost no memory).
+    # Per batch (at most one per admitted request; untouched entries cost no memory). A size
+    # is below 2**31 (so is the row count) and a longest output at most MAX_TOKENS: int32.
     cap = max(nv, 1)
     b_gpu = np.empty(cap, np.int32)
     b_bin = np.empty(cap, np.int32)
     b_start = np.empty(cap)
     b_end = np.empty(cap)
-    b_size = np.empty(cap, np.int64)
-    b_longest = np.empty(cap, np.int64)
+    b_size = np.empty(cap, np.int32)
+    b_longest = np.empty(cap, np.int32)
     b_prompt = np.empty(cap, np.int64)
     b_output = np.empty(cap, np.int64)
     b_tbt = np.empty(cap)

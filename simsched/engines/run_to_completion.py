@@ -8,7 +8,7 @@ workload's row order, filled in vectorised from the batches.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -29,6 +29,10 @@ from simsched.workloads.requests import RequestTable, check_request_counts
 # jobs together have run that many requests.
 COMPILED_FROM_REQUESTS = 100_000
 
+# Rows per slice where a whole per-request column is computed a slice at a time (metrics,
+# checks): 8 MB of float64, so a 10M-request run never holds a temporary of a whole column.
+ROWS = 1 << 16
+
 COMPLETED, REJECTED, UNFINISHED, NOT_ARRIVED = 0, 1, 2, 3
 STATUS_NAMES = ("completed", "rejected", "unfinished", "not_arrived")
 REASONS = ("", "exceeds_kv_capacity", "queued_at_horizon", "in_flight_at_horizon", "after_horizon")
@@ -45,7 +49,7 @@ class SimResult:
 
     requests: RequestTable
     predicted: np.ndarray
-    bin: np.ndarray
+    bin: np.ndarray             # int8 (int32 when K > 127)
     status: np.ndarray          # int8, index into STATUS_NAMES
     reason: np.ndarray          # int8, index into REASONS
     batch: np.ndarray           # int32, -1 where never dispatched
@@ -60,22 +64,24 @@ class SimResult:
 
     def column(self, name: str, rows: slice = slice(None)) -> np.ndarray:
         """A per-request column (one of ``COLUMNS``) for ``rows``: NaN (gpu: -1) where never
-        dispatched, and ``finish`` NaN unless completed."""
+        dispatched, and ``finish`` NaN unless completed. Gathered row by row from the batch
+        columns, so a slice costs memory for the slice only."""
         b = self.batches
-        if name == "finish":
-            if self.own_finish is not None:
-                return self.own_finish[rows]
-            per_batch = np.where(b["completed"], b["end"], np.nan)
-        elif name == "first_token":
-            per_batch = b["start"] + b["first_token_s"]
-        elif name in ("start", "tbt", "gpu"):
-            per_batch = b[name]
-        else:
+        if name == "finish" and self.own_finish is not None:
+            return self.own_finish[rows]
+        if name not in self.COLUMNS:
             raise KeyError(name)
-        ext = np.empty(len(per_batch) + 1, dtype=per_batch.dtype)
-        ext[:-1] = per_batch
-        ext[-1] = -1 if name == "gpu" else np.nan
-        return ext[self.batch[rows]]    # batch -1 reads the sentinel at the end
+        idx = self.batch[rows]
+        if name == "first_token":
+            out = _gather(b["start"], idx)
+            out += _gather(b["first_token_s"], idx)
+        else:
+            out = _gather(b["end" if name == "finish" else name], idx)
+        missing = idx < 0
+        if name == "finish":
+            missing |= ~_gather(b["completed"], idx)
+        out[missing] = -1 if name == "gpu" else np.nan
+        return out
 
     @property
     def start(self) -> np.ndarray:       # float64
@@ -102,6 +108,19 @@ class SimResult:
         return {name: int(c[i]) for i, name in enumerate(STATUS_NAMES)}
 
 
+def row_slices(n: int, size: int = ROWS) -> Iterator[slice]:
+    """Consecutive slices of ``size`` rows (the last one shorter) that cover rows 0 .. n-1."""
+    return (slice(lo, min(lo + size, n)) for lo in range(0, n, size))
+
+
+def _gather(per_batch: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``per_batch[idx]`` as a new array; entries where ``idx`` is -1 (never dispatched) hold
+    the last batch's value, for the caller to overwrite. (Indexing: twice as fast as ``take``.)"""
+    if len(per_batch) == 0:
+        return np.zeros(len(idx), dtype=per_batch.dtype)
+    return per_batch[idx]
+
+
 def simulate(
     requests: RequestTable,
     scheduler: Scheduler,
@@ -125,6 +144,8 @@ def simulate(
     cuts = scheduler.cut_points(predicted)
     k_bins = int(scheduler.k_bins)
     bins = predictor.perturb_bins(scheduler.assign_bins(predicted, cuts), k_bins, bin_rng)
+    # int8 bin codes where K allows: one byte per request, held to the end of the run.
+    bins = np.ascontiguousarray(bins, dtype=np.int8 if k_bins <= 127 else np.int32)
 
     eta = int(gpus.kv_capacity_tokens)
     fits = prompt + output <= eta
@@ -150,7 +171,7 @@ def simulate(
                                                               amortize=True)
     fast = loop is not serve and not swaps
     columns = (arrival, prompt, output, np.ascontiguousarray(predicted, dtype=np.int64),
-               np.ascontiguousarray(bins, dtype=np.int32), admitted)
+               bins, admitted)
     if not fast:
         columns = tuple(c.tolist() for c in columns)   # Python reads list items faster than array items
     nb, batch, in_flight, t_end, records = loop(
@@ -184,12 +205,13 @@ def _plugin_batcher(batcher: Any, eta: int, k_bins: int, swaps: dict[str, Any]) 
 
 
 def _batch_columns(nb: int, records: tuple, in_flight: np.ndarray) -> dict[str, np.ndarray]:
-    """The batches table (one row per batch, in dispatch order) from the loop's records."""
+    """The batches (one row per batch, in dispatch order) from the loop's records. The table's
+    two derived columns, ``batch_id`` (the row number) and ``kv_tokens`` (prompt + output
+    tokens), are not held: ``batch_table`` adds them where they are written."""
     gpu, bin_, start, end, size, longest, prompt, output, tbt, ttft = (r[:nb] for r in records)
     completed = np.ones(nb, dtype=bool)
     completed[in_flight] = False
     return {
-        "batch_id": np.arange(nb, dtype=np.int64),
         "gpu": gpu,
         "bin": bin_,
         "start": start,
@@ -201,8 +223,19 @@ def _batch_columns(nb: int, records: tuple, in_flight: np.ndarray) -> dict[str, 
         "tbt": tbt,
         "first_token_s": ttft,
         "completed": completed,
-        "kv_tokens": prompt + output,
     }
+
+
+def batch_table(batches: dict[str, np.ndarray], rows: slice = slice(None)) -> dict[str, np.ndarray]:
+    """The batches table's columns for ``rows``: the held columns with ``batch_id`` first and
+    ``kv_tokens`` (the batch's KV footprint) last; ``size`` and ``max_output``, held as int32,
+    as int64 (the table's types do not depend on how the run holds them)."""
+    lo, hi, _ = rows.indices(len(batches["size"]))
+    cols = {"batch_id": np.arange(lo, hi, dtype=np.int64)}
+    cols.update((name, x[rows].astype(np.int64) if name in ("size", "max_output") else x[rows])
+                for name, x in batches.items())
+    cols["kv_tokens"] = cols["prompt_tokens"] + cols["output_tokens"]
+    return cols
 
 
 def _per_request(req: RequestTable, predicted: np.ndarray, bins: np.ndarray, cuts: np.ndarray,
@@ -218,7 +251,7 @@ def _per_request(req: RequestTable, predicted: np.ndarray, bins: np.ndarray, cut
         own_finish = np.full(n, np.nan)
         ob = batch[ok]
         own_finish[ok] = batches["start"][ob] + latency.batch_time(
-            batches["size"][ob], req.output[ok], batches["prompt_tokens"][ob].astype(float))
+            batches["size"][ob].astype(np.int64), req.output[ok], batches["prompt_tokens"][ob].astype(float))
     status = np.full(n, UNFINISHED, dtype=np.int8)
     reason = np.full(n, REASONS.index("queued_at_horizon"), dtype=np.int8)
     status[ok] = COMPLETED
@@ -237,8 +270,10 @@ def check_conservation(res: SimResult) -> None:
     """Every request is completed, rejected (with reason), unfinished or not yet arrived, and the
     times of completed ones are ordered. A failure here is a simulator bug, never user error."""
     check_request_counts(res.counts(), len(res.requests))
-    done = res.status == COMPLETED
-    if np.any(res.start[done] < res.requests.arrival[done]) or np.any(res.finish[done] < res.start[done]):
-        raise AssertionError("a completed request started before it arrived or finished before it started")
+    for rows in row_slices(len(res.requests)):
+        done = res.status[rows] == COMPLETED
+        start, finish = res.column("start", rows)[done], res.column("finish", rows)[done]
+        if np.any(start < res.requests.arrival[rows][done]) or np.any(finish < start):
+            raise AssertionError("a completed request started before it arrived or finished before it started")
     if np.any(res.reason[res.status == REJECTED] == 0):
         raise AssertionError("a rejected request has no reason")
