@@ -4,7 +4,7 @@ The engines write their per-step and per-batch loops as plain Python functions o
 arrays and scalars (the subset numba compiles). ``kernel(fn, n)`` returns the numba-compiled
 version when a run is large enough to repay it, and ``fn`` itself otherwise: the same source,
 so a small run and a large one cannot disagree, and a small run never pays the ~0.5 s import
-of numba.
+of numba. With ``amortize=True`` the size is counted per process (a sweep's small jobs add up).
 
 Helpers. A loop may call plain functions from other modules (Algorithm 1 in ``batchers``, the
 bin choice in ``scheduler``, the latency forms in ``latency``, the continuous engine's block
