@@ -23,8 +23,9 @@ faster). What is measured (``--regimes``, default all):
 - ``startup``: a 10-request run with ``tracking=none``.
 - ``tracking``: the default MLflow tracking's extra seconds per run, in an empty folder (first
   run) and with an existing store.
-- ``sweep``: a ``--sweep-jobs``-job sweep of 5,000-request jobs (default tracking) with the basic
-  and the joblib launcher: seconds per job beyond the jobs' own simulations.
+- ``sweep``: a ``--sweep-jobs``-job sweep of 5,000-request jobs (default tracking, a new store) on
+  the default launcher in one process, on two worker processes and on Hydra's joblib launcher:
+  the sweep's wall time and the seconds per job beyond the jobs' own simulations.
 
 Prints one table and writes ``results.json`` into ``--out`` (default
 ``outputs/bench/<date>_<time>/``); ``--update-committed`` also writes ``benchmarks/results.json``.
@@ -268,8 +269,13 @@ class Bench:
         self.add("tracking", "run with an existing store", "extra wall", "s", extra)
 
     def sweep(self) -> None:
-        for launcher in ("basic", "joblib"):
-            per_job = {}
+        """A ``--sweep-jobs``-job sweep of 5,000-request jobs, default MLflow tracking into a store
+        created on the way, on three launchers: the default one in one process, two worker
+        processes (simsched's launcher; Hydra's joblib launcher for a tree without it) and Hydra's
+        joblib launcher. Rows: the sweep's wall time, and the seconds per job beyond the jobs' own
+        simulations (charged per core where jobs overlap)."""
+        for launcher in ("basic", "workers", "joblib"):
+            per_job, walls = {}, {}
             for tree in self.trees:
                 jobs = self.args.sweep_jobs if tree.name == "current" else min(self.args.sweep_jobs,
                                                                               self.args.baseline_sweep_jobs)
@@ -278,17 +284,21 @@ class Bench:
                         "output.quiet=true", f"hydra.sweep.dir={folder}/sweep"]
                 if launcher == "joblib":
                     args.append("hydra/launcher=joblib")
+                elif launcher == "workers":
+                    ours = (tree.root / "hydra_plugins" / "simsched_plugins" / "launcher.py").is_file()
+                    args += ["hydra.launcher.n_jobs=2"] if ours else ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
                 wall = tree.simsched(args, folder)[0]
                 sims = 0.0
                 for f in (folder / "sweep").rglob("metrics.json"):
                     m = json.loads(f.read_text())
                     sims += m.get("workload_wall_s", 0.0) + m.get("sim_wall_s", 0.0)
-                if launcher == "joblib":     # jobs overlap on the cores: charge the simulations per core
+                if launcher != "basic":     # jobs overlap on the cores: charge the simulations per core
                     sims /= min(os.cpu_count() or 1, jobs)
                 per_job[tree.name] = [(wall - sims) / jobs]
-            self.add("sweep", f"{launcher} launcher", "overhead per job", "s", per_job,
-                     jobs={"current": self.args.sweep_jobs,
-                           "baseline": min(self.args.sweep_jobs, self.args.baseline_sweep_jobs)})
+                walls[tree.name] = [wall]
+            counts = {"current": self.args.sweep_jobs, "baseline": min(self.args.sweep_jobs, self.args.baseline_sweep_jobs)}
+            self.add("sweep", f"{launcher} launcher", "overhead per job", "s", per_job, jobs=counts)
+            self.add("sweep", f"{launcher} launcher", "sweep wall", "s", walls, jobs=counts)
 
     def run(self) -> None:
         a = self.args
