@@ -16,7 +16,7 @@ MAX_TOKENS = 1_000_000_000
 MAX_ARRIVAL_S = 1e9
 # Peak memory per simulated request (request table, engine state, results and Parquet
 # output), for refusing runs larger than the machine: 224 B was measured between 1M and 10M
-# requests on the run-to-completion engine before its memory work (now ~60 B there; README
+# requests on the run-to-completion engine before its memory work (now ~70 B at the margin; README
 # "Speed"); the continuous engine needs about this much. One figure for both: the larger.
 BYTES_PER_REQUEST = 250
 
