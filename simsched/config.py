@@ -234,6 +234,9 @@ def _instantiate(data: Any, path: str) -> Any:
         if data == "???":   # OmegaConf's mandatory value, left unset
             raise ConfigError(path, "is required (no value given)")
         return data
+    special = [k for k in data if k != "_target_" and str(k).startswith("_") and str(k).endswith("_")]
+    if special:   # Hydra's _partial_, _args_, _recursive_, _convert_: not used, so not mimicked
+        raise ConfigError(f"{path}.{special[0]}", "is not supported (a component is built from its keys only)")
     kwargs = {k: _instantiate(v, f"{path}.{k}") for k, v in data.items() if k != "_target_"}
     if "_target_" not in data:
         return kwargs

@@ -160,3 +160,14 @@ def test_onoff_period_count_is_bounded():
     OnOff(rate_on=1.0, rate_off=0.0, mean_on_s=1.0, mean_off_s=1.0).check_count(MAX_PERIODS // 2)
     with pytest.raises(ConfigError, match="^rate_on: .* ON/OFF cycle need"):
         OnOff(rate_on=1.0, rate_off=0.0, mean_on_s=1.0, mean_off_s=1.0).check_count(MAX_PERIODS)
+
+
+def test_hydra_instantiate_options_are_refused_not_passed_on():
+    """Components are built from their keys only (config._instantiate); an ``_args_`` or
+    ``_partial_`` that a **kwargs component would otherwise swallow is a one-line error."""
+    from simsched.config import _instantiate
+    from simsched.errors import ConfigError
+
+    assert _instantiate({"_target_": "builtins.dict", "a": {"_target_": "builtins.dict", "b": 1}}, "x") == {"a": {"b": 1}}
+    with pytest.raises(ConfigError, match=r"x\._partial_: is not supported"):
+        _instantiate({"_target_": "builtins.dict", "_partial_": True}, "x")

@@ -131,9 +131,9 @@ def _to_yaml(data: Any) -> str:
     import yaml
     from omegaconf._utils import get_omega_conf_dumper
 
-    container = OmegaConf.to_container(data, enum_to_str=True) if OmegaConf.is_config(data) else data
     if not getattr(yaml, "__with_libyaml__", False):
         return OmegaConf.to_yaml(data)
+    container = OmegaConf.to_container(data, enum_to_str=True) if OmegaConf.is_config(data) else data
     dumper = type("OmegaConfCDumper", (yaml.CDumper,), {})
     dumper.add_representer(str, get_omega_conf_dumper().str_representer)
     return yaml.dump(container, Dumper=dumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
