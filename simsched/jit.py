@@ -116,10 +116,15 @@ def _register_helpers(fn: Callable, nrt: bool) -> None:
             todo.append(helper)
 
 
+def _compiled_key(nrt: bool) -> str:
+    """Where ``compiled`` keeps ``fn``'s compiled version, in ``fn.__dict__``."""
+    return "_simsched_compiled" if nrt else "_simsched_compiled_nonrt"
+
+
 def compiled(fn: F, nrt: bool = True) -> F:
     """The numba ``njit(cache=True)`` version of ``fn`` and of the helpers it calls (compiled
     at the first call, or loaded from the on-disk cache)."""
-    key = "_simsched_compiled" if nrt else "_simsched_compiled_nonrt"
+    key = _compiled_key(nrt)
     done = fn.__dict__.get(key)
     if done is None:
         import numba
@@ -162,7 +167,7 @@ def kernel(fn: F, n: int, nrt: bool = True, min_requests: int = MIN_COMPILED_REQ
     loop from the cache) is then paid once and repaid by every later job."""
     if amortize:
         seen = fn.__dict__.get(_PYTHON_REQUESTS, 0)
-        loaded = ("_simsched_compiled" if nrt else "_simsched_compiled_nonrt") in fn.__dict__
+        loaded = _compiled_key(nrt) in fn.__dict__
         if (loaded and os.environ.get("SIMSCHED_JIT", "") != "0") or use_compiled(seen + n, min_requests):
             return compiled(fn, nrt)
         fn.__dict__[_PYTHON_REQUESTS] = seen + n

@@ -86,22 +86,17 @@ def censored_time(res: SimResult, name: str, rows: slice = slice(None)) -> np.nd
     return t
 
 
-def censored_times(res: SimResult, rows: slice = slice(None)) -> dict[str, np.ndarray]:
-    """Every one of ``TIMES`` (``censored_time``) for ``rows``."""
-    return {name: censored_time(res, name, rows) for name in TIMES}
-
-
-def sla_outcomes(res: SimResult, sla: Sla, times: dict[str, np.ndarray] | None = None,
-                 rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+def sla_outcomes(res: SimResult, sla: Sla, rows: slice = slice(None),
+                 latency: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(violates, decided) per request of ``rows``. A completed request violates when it broke a limit.
     An unfinished one is a violation when a limit is already broken at the horizon (its
     deadline has passed, its first token is later than the TTFT limit, or its batch's TBT is
     over the limit); otherwise it is undecided, and it is counted as a violation too, so that
     cutting a run short can never make the SLA look better (``decided`` tells them apart).
-    ``times``: ``censored_times(res, rows)`` when the caller has it already."""
-    late = (times["latency"] if times is not None else censored_time(res, "latency", rows)) > sla.latency_s
+    ``latency``: ``censored_time(res, "latency", rows)`` when the caller has it already."""
+    late = (censored_time(res, "latency", rows) if latency is None else latency) > sla.latency_s
     if sla.ttft_s is not None:
-        late |= (times["ttft"] if times is not None else censored_time(res, "ttft", rows)) > sla.ttft_s
+        late |= censored_time(res, "ttft", rows) > sla.ttft_s
     if sla.tbt_s is not None:
         late |= res.column("tbt", rows) > sla.tbt_s        # NaN (never dispatched) compares False
     status = res.status[rows]
@@ -162,9 +157,14 @@ def compute_metrics(res: SimResult, sla: Sla, window: Window, *,
     n_meas = int(measured.sum())
     measured_unfinished = int((measured & ~done).sum())
     del in_window
-    viol = known = finished = good = output_tokens = 0
+    viol = known = finished = good = output_tokens = kept = 0
+    latency = np.empty(n_meas)   # the measured requests' censored latencies, in row order
     for rows in row_slices(n):
-        violate, decided = sla_outcomes(res, sla, rows=rows)
+        lat = censored_time(res, "latency", rows)
+        violate, decided = sla_outcomes(res, sla, rows, latency=lat)
+        lat = lat[measured[rows]]
+        latency[kept:kept + len(lat)] = lat
+        kept += len(lat)
         finish = res.column("finish", rows)
         finished_in = done[rows] & (finish >= lo) & (finish <= hi)
         viol += int((violate & measured[rows]).sum())
@@ -200,11 +200,11 @@ def compute_metrics(res: SimResult, sla: Sla, window: Window, *,
         "output_tokens_per_s": float(output_tokens) / span if span > 0 else math.nan,
         "goodput_rps": float(good) / span if span > 0 else math.nan,
     }
-    per_bin: dict[str, Any] = {}
-    for name in TIMES:
+    per_bin = _per_bin(res, measured, latency)   # before _stats reorders it
+    m.update(_stats("latency", latency))
+    del latency
+    for name in ("queue_delay", "ttft"):
         x = _measured(measured, lambda rows: censored_time(res, name, rows))
-        if name == "latency":    # per bin, before _stats reorders x
-            per_bin = _per_bin(res, measured, x)
         m.update(_stats(name, x))
         del x
     tbt = _measured(measured, lambda rows: res.column("tbt", rows), skip_nan=True)
